@@ -1,0 +1,1 @@
+"""absl binaries and per-paper toy reproductions built on pgx_lab."""

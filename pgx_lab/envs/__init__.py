@@ -1,0 +1,3 @@
+"""Functional environments with exact solutions: pure, jittable, vmappable."""
+
+from pgx_lab.envs.bandits import SequenceBandit

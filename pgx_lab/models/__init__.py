@@ -1,0 +1,3 @@
+"""Policies. Params are plain pytrees; models know no learner."""
+
+from pgx_lab.models.tabular import TabularSequencePolicy
