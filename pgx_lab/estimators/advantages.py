@@ -144,6 +144,14 @@ def _group_stats(rewards: Array, group_ids: Array, weights: Array):
   return count[group_ids], mean[group_ids], ssq[group_ids], total[group_ids]
 
 
+def _constant_groups(rewards: Array, group_ids: Array, weights: Array) -> Array:
+  """[B] bool: True where every valid reward of the example's group is the same."""
+  n = rewards.shape[0]
+  hi = jax.ops.segment_max(jnp.where(weights > 0, rewards, -jnp.inf), group_ids, num_segments=n)
+  lo = jax.ops.segment_min(jnp.where(weights > 0, rewards, jnp.inf), group_ids, num_segments=n)
+  return (hi == lo)[group_ids]
+
+
 def _check_groups(rewards: Array, group_ids: Array) -> None:
   validation.check_array("rewards", rewards, ndim=1)
   validation.check_array("group_ids", group_ids, ndim=1, kind="int")
@@ -183,7 +191,9 @@ def group_normalized(
   validation.check_option("scale", scale, SCALES)
   w = _float_mask(valid, rewards)
   count, mean, ssq, _ = _group_stats(rewards, group_ids, w)
-  centred = (rewards - mean) * w
+  # A group of equal rewards gets exactly 0: total / count is not exact in float32, and the
+  # residue divided by (tiny std + eps) would otherwise be a large spurious advantage.
+  centred = jnp.where(_constant_groups(rewards, group_ids, w), 0.0, (rewards - mean) * w)
   if scale == "none":
     return centred
   if scale == "group":
@@ -235,4 +245,7 @@ def whiten(x: Array, mask: Optional[Array] = None, *, shift_mean: bool = True, e
   mean = jnp.sum(x * m) / n
   var = jnp.sum(((x - mean) * m) ** 2) / n
   out = (x - mean) if shift_mean else x
+  # Constant input gives exactly 0 (the float32 residue of x - mean would be amplified).
+  constant = jnp.max(jnp.where(m > 0, x, -jnp.inf)) == jnp.min(jnp.where(m > 0, x, jnp.inf))
+  out = jnp.where(constant & shift_mean, 0.0, out)
   return out * jax.lax.rsqrt(var + eps) * m
