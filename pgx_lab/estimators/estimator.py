@@ -85,7 +85,8 @@ class Estimator:
   Log-probs at masked positions are ignored (they may be -inf).
 
   Metrics: the reference part's (ratio mean and max, clip fraction), `approx_kl` (k3 estimate of
-  KL(pi_old || pi_theta) over the mask, when `batch.old_logp` is given), advantage statistics,
+  KL(pi_old || pi_theta) over the mask, when `batch.old_logp` is given), advantage statistics
+  (over sequences with a response for a sequence advantage, over response tokens otherwise),
   `entropy` (when given), `mask_fraction` (the share of response tokens that carry gradient)
   and each penalty's.
   """
@@ -114,11 +115,14 @@ class Estimator:
     adv = sg(self.advantage(batch)).astype(logp.dtype)
     if adv.ndim == 1:
       validation.check_shape("advantage", adv, logp.shape[:1], against="logp rows")
-      adv = jnp.broadcast_to(adv[:, None], logp.shape)
+      rows = (jnp.sum(response, axis=1) > 0).astype(logp.dtype)
+      adv_metrics = _masked_stats("advantage", adv, rows)
+      adv = jnp.broadcast_to(adv[:, None], logp.shape) * response
     else:
       validation.check_shape("advantage", adv, logp.shape, against="logp")
-    adv = adv * response
-    mask = response * self.mask(batch, adv)
+      adv = adv * response
+      adv_metrics = _masked_stats("advantage", adv, response)
+    mask = response if self.mask is masks.response else response * self.mask(batch, adv)
 
     per_token, metrics = self.reference(logp, batch, adv, mask)
     metrics = dict(metrics)
@@ -128,7 +132,7 @@ class Estimator:
       metrics.update(pm)
     loss = self.aggregate(per_token, mask, batch.loss_normalizer)
 
-    metrics.update(_masked_stats("advantage", adv, response))
+    metrics.update(adv_metrics)
     metrics["mask_fraction"] = sg(jnp.sum(mask) / jnp.maximum(jnp.sum(response), 1.0))
     if batch.old_logp is not None:
       log_r = reference.token_log_ratio(sg(logp), batch.old_logp, mask)

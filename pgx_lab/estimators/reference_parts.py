@@ -74,15 +74,15 @@ def sequence_clip(eps_low: float = 3e-4, eps_high: Optional[float] = 4e-4):
   """GSPO: the length-normalised sequence ratio s_i, clipped per sequence (Zheng et al. 2025, eq. 5-7).
 
   loss_i = -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i), broadcast to the tokens of
-  sequence i, so `seq_mean_token_mean` aggregation gives GSPO's mean over sequences. Uses the
-  advantage of each sequence's first valid token (a sequence advantage). Needs `batch.old_logp`.
+  sequence i, so `seq_mean_token_mean` aggregation gives GSPO's mean over sequences. A_i is the
+  mean advantage over the sequence's valid tokens (the sequence advantage itself when it is
+  broadcast). Needs `batch.old_logp`.
   """
   _check_clip(eps_low, eps_high)
 
   def part(logp, batch, adv, mask):
     s = jnp.exp(reference.sequence_log_ratio(logp, _old_logp(batch, "sequence_clip"), mask))
-    first = jnp.argmax(mask > 0, axis=1)
-    a_seq = jnp.take_along_axis(adv, first[:, None], axis=1)[:, 0]
+    a_seq = jnp.sum(adv * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
     loss = reference.clipped_surrogate_loss(s, a_seq, eps_low, eps_high)
     clipped = reference.clip_fraction(sg(s), a_seq, eps_low, eps_high)
     row = (jnp.sum(mask, axis=1) > 0).astype(s.dtype)

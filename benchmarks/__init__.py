@@ -1,0 +1,1 @@
+"""Speed measurements of pgx_lab against hand-written and rlax peers (`python -m benchmarks.<name>`)."""
