@@ -24,10 +24,17 @@ def _float_mask(mask: Optional[Array], like: Array) -> Array:
   return mask.astype(like.dtype)
 
 
+def _discount_powers(m: Array, gamma: float) -> Array:
+  """gamma^t with t counted in valid steps from the first one (a masked prompt shifts nothing)."""
+  t = jnp.maximum(jnp.cumsum(m, axis=1) - 1.0, 0.0)
+  return jnp.asarray(gamma, m.dtype) ** t
+
+
 def discounted_return(rewards: Array, mask: Optional[Array] = None, gamma: float = 1.0) -> Array:
   """The discounted return of each trajectory, R(tau) = sum_t gamma^t r_t.
 
-  This is the weight of every score in REINFORCE (Williams 1992, eq. 11 with R(tau)).
+  This is the weight of every score in REINFORCE (Williams 1992, eq. 11 with R(tau)). Time t
+  counts valid steps from the first one, so masked prompt positions before it shift nothing.
 
   Args:
     rewards: [B, T] per-step rewards.
@@ -39,8 +46,7 @@ def discounted_return(rewards: Array, mask: Optional[Array] = None, gamma: float
   """
   validation.check_array("rewards", rewards, ndim=2)
   m = _float_mask(mask, rewards)
-  powers = gamma ** jnp.arange(rewards.shape[1], dtype=rewards.dtype)
-  return jnp.sum(jnp.where(m > 0, rewards, 0.0) * powers * m, axis=1)
+  return jnp.sum(jnp.where(m > 0, rewards, 0.0) * _discount_powers(m, gamma) * m, axis=1)
 
 
 def reward_to_go(
@@ -55,7 +61,8 @@ def reward_to_go(
   With `discount_from_start=True` the weight of step t is sum_{t' >= t} gamma^{t'} r_{t'}, which
   makes sum_t weight_t * grad log pi(a_t|s_t) an unbiased estimate of grad J for
   J = E[sum_t gamma^t r_t] (the policy gradient theorem, Sutton et al. 2000, eq. 2). With False
-  it is the common G_t = sum_{t' >= t} gamma^{t' - t} r_{t'} (biased for gamma < 1).
+  it is the common G_t = sum_{t' >= t} gamma^{t' - t} r_{t'} (biased for gamma < 1). As in
+  `discounted_return`, t counts valid steps from the first one.
 
   Args:
     rewards: [B, T] per-step rewards.
@@ -77,7 +84,7 @@ def reward_to_go(
   _, g = jax.lax.scan(step, jnp.zeros(rewards.shape[:1], rewards.dtype), r.T, reverse=True)
   g = g.T
   if discount_from_start:
-    g = g * gamma ** jnp.arange(rewards.shape[1], dtype=rewards.dtype)
+    g = g * _discount_powers(m, gamma)
   return g * m
 
 

@@ -90,7 +90,8 @@ def clipped_surrogate_loss(
 def clip_fraction(ratio: Array, adv: Array, eps_low: float, eps_high: Optional[float]) -> Array:
   """Where clipping removes the gradient: r > 1 + eps_high with A > 0, or r < 1 - eps_low with A < 0.
 
-  Returns a 0/1 array of `ratio`'s shape (average it under the mask for the metric).
+  Returns a 0/1 array of `ratio`'s shape (average it under the mask for the metric). Tokens
+  stopped by the dual clip or the ratio cap are not counted (verl reports those separately).
   """
   eps_high = eps_low if eps_high is None else eps_high
   hi = (ratio > 1.0 + eps_high) & (adv > 0)
