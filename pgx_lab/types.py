@@ -66,6 +66,38 @@ class PairBatch:
   ref_rejected_logp: Array
 
 
+@flax.struct.dataclass
+class Trajectory:
+  """A batch of environment rollouts, batch-major, as `rollout` returns them.
+
+  Attributes:
+    obs: [B, T, ...] observations at which the actions were taken.
+    actions: [B, T, ...] actions.
+    rewards: [B, T] rewards.
+    logp: [B, T] log-probs of the actions under the behaviour policy.
+    terminated: [B, T] bool, the step entered a terminal state (no bootstrap).
+    truncated: [B, T] bool, a time limit cut the episode after the step (bootstrap).
+    mask: [B, T] float, 1 for steps of the episode (up to and including its last step).
+    values: [B, T + 1] critic values, the last one the bootstrap value; None without a critic.
+  """
+
+  obs: Any
+  actions: Array
+  rewards: Array
+  logp: Array
+  terminated: Array
+  truncated: Array
+  mask: Array
+  values: Optional[Array] = None
+
+  def to_sequence_batch(self, gamma: float = 1.0) -> SequenceBatch:
+    """The estimators' view: mask, old_logp, per-step rewards, values and discounts
+    gamma * (1 - terminated) for GAE."""
+    discounts = gamma * (1.0 - self.terminated.astype(self.rewards.dtype))
+    return SequenceBatch(mask=self.mask, old_logp=self.logp, rewards=self.rewards,
+                         values=self.values, discounts=discounts)
+
+
 def replace(batch: Any, **fields) -> Any:
   """Returns `batch` with `fields` replaced (a pure update of a flax.struct dataclass)."""
   return batch.replace(**fields)
