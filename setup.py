@@ -19,6 +19,7 @@ setuptools.setup(
         "ml-collections>=1.0.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "gymnax>=1.0.0",
         "numpy>=1.26",
     ],
     extras_require={
