@@ -134,11 +134,12 @@ def gae(lambda_: float = 0.95, whiten: bool = False):
 
 
 def whitened(inner, shift_mean: bool = True):
-  """Wraps an advantage part and whitens its output over the batch's valid entries."""
+  """Wraps an advantage part and whitens its output over the valid entries: response tokens for
+  a per-token advantage, rows with at least one response token for a sequence advantage."""
 
   def part(batch):
     a = inner(batch)
-    m = batch.mask if a.ndim == 2 else None
+    m = batch.mask if a.ndim == 2 else _valid_rows(batch)
     return advantages.whiten(a, m, shift_mean=shift_mean)
 
   return part

@@ -111,6 +111,8 @@ class Estimator:
     clean = {n: jnp.where(valid, getattr(batch, n), 0.0)
              for n in ("old_logp", "ref_logp") if getattr(batch, n) is not None}
     batch = batch.replace(**clean)
+    if entropy is not None:
+      entropy = jnp.where(valid, entropy, 0.0)
 
     adv = sg(self.advantage(batch)).astype(logp.dtype)
     if adv.ndim == 1:
@@ -139,7 +141,7 @@ class Estimator:
       k3 = jnp.exp(log_r) - 1.0 - log_r
       metrics["approx_kl"] = jnp.sum(k3 * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     if entropy is not None:
-      metrics["entropy"] = sg(jnp.sum(jnp.where(valid, entropy, 0.0) * response)
+      metrics["entropy"] = sg(jnp.sum(entropy * response)
                               / jnp.maximum(jnp.sum(response), 1.0))
     return loss, metrics
 
@@ -147,6 +149,8 @@ class Estimator:
 def penalties_for(kl_beta: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0):
   """The usual penalty tuple: a KL term when kl_beta > 0, an entropy bonus when entropy_coef > 0."""
   validation.check_option("kl_estimator", kl_estimator, penalties_lib.KL_ESTIMATORS)
+  validation.check_positive("kl_beta", kl_beta, allow_zero=True)
+  validation.check_positive("entropy_coef", entropy_coef, allow_zero=True)
   out = []
   if kl_beta:
     out.append(penalties_lib.kl_penalty(kl_beta, kl_estimator))

@@ -67,6 +67,7 @@ def ppo(eps: float = 0.2, *, eps_high: Optional[float] = None, dual_clip: Option
     kl_beta: k3 KL-to-reference coefficient.
   """
   validation.check_option("advantage", advantage, ("precomputed", "gae"))
+  validation.check_positive("eps", eps)
   part = adv.gae(gae_lambda) if advantage == "gae" else adv.precomputed()
   if whiten:
     part = adv.whitened(part)
