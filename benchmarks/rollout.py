@@ -1,7 +1,7 @@
 """Rollout throughput: pgx_lab's `rollout` against gymnax's own step loop, in env steps per second.
 
     python -m benchmarks.rollout [--num-envs=4096] [--num-steps=500] [--repeats=7] \
-        [--sections=cartpole] [--out=results/bench/rollout.json]
+        [--sections=cartpole,sampling] [--out=results/bench/rollout.json]
 
 Section `cartpole` (CartPole-v1, `--num-envs` environments, `--num-steps` steps each):
   pgx_lab   `pgx_lab.rollout.rollout` on `GymnaxEnv("CartPole-v1")`: vmap over environments of a
@@ -29,8 +29,9 @@ each the median over rounds of the per-round ratio (so load drift between rounds
 and in CPU time. Before timing, both rollouts' mean episode length with
 random actions is checked to agree (both simulate the same CartPole; their keys differ).
 
-`cartpole_rows(args)` returns the section's rows (a list of dicts); other sections (e.g. token
-sampling) can be added to `SECTIONS` and share `main`'s report.
+Section `sampling`: tokens per second of KV-cached against uncached sampling from the
+transformer LM (see `benchmarks/token_sampling.py`; batch 64, prompt 16, 32 and 128 new tokens,
+a small and a medium model).
 """
 
 import argparse
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import token_sampling
 from pgx_lab.envs.gymnax_adapter import GymnaxEnv
 from pgx_lab.models import mlp
 from pgx_lab.rollout import model_policy_fn
@@ -213,7 +215,13 @@ def cartpole_rows(args):
   return rows
 
 
-SECTIONS = {"cartpole": cartpole_rows}
+def sampling_rows(args):
+  """The `sampling` section: tokens per second of KV-cached against uncached sampling from the
+  transformer LM (`benchmarks.token_sampling.rows` at its defaults)."""
+  return [dict(r, section="sampling") for r in token_sampling.rows()]
+
+
+SECTIONS = {"cartpole": cartpole_rows, "sampling": sampling_rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +268,8 @@ def parse_args(argv=None):
   p.add_argument("--num-envs", type=int, default=4096, help="environments stepped in parallel")
   p.add_argument("--num-steps", type=int, default=500, help="steps per environment")
   p.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
-  p.add_argument("--sections", default="cartpole", help=f"comma list of {tuple(SECTIONS)}")
+  p.add_argument("--sections", default="cartpole,sampling",
+                 help=f"comma list of {tuple(SECTIONS)}")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="results/bench/rollout.json", help="JSON output path")
   args = p.parse_args(argv)
@@ -283,7 +292,14 @@ def main(argv=None):
     rows.extend(SECTIONS[section](args))
   elapsed = time.perf_counter() - start
   load_after = os.getloadavg()
-  table = markdown_table(rows)
+  tables = []
+  cart = [r for r in rows if r["section"] == "cartpole"]
+  samp = [r for r in rows if r["section"] == "sampling"]
+  if cart:
+    tables.append(markdown_table(cart))
+  if samp:
+    tables.append(token_sampling.markdown(samp))
+  table = "\n\n".join(tables)
   print()
   print(table)
   print(f"\nwall time {elapsed:.1f} s; load average (1/5/15 min) before "
