@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators
+	$(PY) -m benchmarks.rollout
 
 clean:
 	rm -rf $(VENV) results .jax_cache .pytest_cache .hypothesis *.egg-info
