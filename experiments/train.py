@@ -26,6 +26,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file under "
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (created; resumed from "
                                "when it holds checkpoints). Default: results/train/<config name>.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first "
+                                  "(several hosts; see BUILD.md).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 "
+                                   "(with --distributed; None: auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -48,6 +54,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   t0 = time.perf_counter()
+  if _DISTRIBUTED.value:
+    from pgx_lab import distributed  # pylint: disable=import-outside-toplevel
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   try:
     validate_lib.validate(config)
