@@ -17,9 +17,10 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The main job: every baseline estimator on the contextual bandit, 8 seeds, report + plot.
+# The demo suite: the estimator comparison, PPO on CartPole and GRPO on a token task; one report
+# with plots, results/demo/report.md (about a minute on 2 CPU cores).
 demo: $(STAMP)
-	$(PY) -m experiments.estimator_comparison --workdir=results/demo
+	$(PY) -m experiments.reproduce --suite=demo --workdir=results/demo
 
 # Every test and notebook, in parallel.
 test: $(STAMP)
