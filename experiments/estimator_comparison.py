@@ -182,10 +182,6 @@ def run(c: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> Di
   return results
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", default_config())
-_WORKDIR = flags.DEFINE_string("workdir", "results/demo", "Where the report and plot go.")
-
-
 def main(argv):
   del argv
   t0 = time.perf_counter()
@@ -196,4 +192,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a binary, so importing this module (the demo suite, tests)
+  # does not clash with other binaries' global `--config`/`--workdir` flags.
+  _CONFIG = config_flags.DEFINE_config_dict("config", default_config())
+  _WORKDIR = flags.DEFINE_string("workdir", "results/demo", "Where the report and plot go.")
   app.run(main)
