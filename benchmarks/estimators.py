@@ -53,6 +53,7 @@ with warnings.catch_warnings():
   warnings.simplefilter("ignore", DeprecationWarning)
   import rlax  # pylint: disable=g-import-not-at-top
 
+from benchmarks import common
 from pgx_lab import types
 from pgx_lab.estimators import advantages
 from pgx_lab.estimators import likelihood
@@ -381,15 +382,7 @@ def markdown_table(rows):
 def machine():
   def _version(mod):
     return getattr(mod, "__version__", "?")
-  cpu = platform.processor() or "?"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = common.cpu_model()
   return {
       "nproc": os.cpu_count(),
       "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from benchmarks import token_sampling
 from pgx_lab.envs.gymnax_adapter import GymnaxEnv
 from pgx_lab.models import mlp
@@ -246,15 +247,7 @@ def markdown_table(rows):
 
 
 def machine():
-  cpu = platform.processor() or "?"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = common.cpu_model()
   return {
       "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
       "jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"),
