@@ -14,3 +14,13 @@ def cpu_model() -> str:
   except OSError:
     pass
   return cpu
+
+
+def write_json(path: str, result: dict) -> None:
+  """Writes a benchmark's `result` to `path` (creating its folder) and says so."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"wrote {path}")

@@ -467,10 +467,7 @@ def main(argv=None):
       "markdown": table,
   }
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    common.write_json(args.out, result)
   return result
 
 

@@ -310,10 +310,7 @@ def main(argv=None):
       "rows": rows, "markdown": table,
   }
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    common.write_json(args.out, result)
   return result
 
 
