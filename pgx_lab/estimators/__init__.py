@@ -5,6 +5,8 @@ from pgx_lab.estimators import advantages
 from pgx_lab.estimators import aggregation
 from pgx_lab.estimators import likelihood
 from pgx_lab.estimators import masks
+from pgx_lab.estimators import offline
+from pgx_lab.estimators import offline_parts
 from pgx_lab.estimators import penalties
 from pgx_lab.estimators import presets
 from pgx_lab.estimators import preference
