@@ -1,4 +1,4 @@
-"""Pairwise and contrastive preference losses."""
+"""Pairwise and contrastive preference losses (DPO, cDPO, IPO, hinge, RPO, CoPG, step-level DPO)."""
 
 from pgx_lab.estimators.preference.contrastive import ContrastivePairBatch
 from pgx_lab.estimators.preference.contrastive import CoPGLoss
@@ -9,3 +9,8 @@ from pgx_lab.estimators.preference.pairwise import hinge
 from pgx_lab.estimators.preference.pairwise import ipo
 from pgx_lab.estimators.preference.pairwise import rpo
 from pgx_lab.estimators.preference.pairwise import sft_nll
+from pgx_lab.estimators.preference.step_dpo import StepPairs
+from pgx_lab.estimators.preference.step_dpo import build_pairs
+from pgx_lab.estimators.preference.step_dpo import conservative_smoothing
+from pgx_lab.estimators.preference.step_dpo import refresh_reference
+from pgx_lab.estimators.preference.step_dpo import step_dpo_loss

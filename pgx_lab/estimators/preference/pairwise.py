@@ -86,7 +86,9 @@ def sft_nll(logp_chosen: Array, chosen_mask: Array, sft_norm: str = "sum") -> Ar
   return -jnp.sum(masked) / jnp.maximum(jnp.sum(chosen_mask), 1.0)
 
 
-def _check(logp_chosen, logp_rejected, batch):
+def check_pair_inputs(logp_chosen, logp_rejected, batch):
+  """Validates a chosen/rejected pair of log-prob arrays against a PairBatch; raises ValueError
+  naming the argument."""
   validation.check_array("logp_chosen", logp_chosen, ndim=2)
   validation.check_array("logp_rejected", logp_rejected, ndim=2)
   for name, x, like, like_name in (
@@ -129,7 +131,7 @@ class PairwiseLoss:
 
   def per_pair(self, logp_chosen: Array, logp_rejected: Array, batch: types.PairBatch) -> Array:
     """The preference loss of each pair, [B] (without RPO's SFT term, which `__call__` adds)."""
-    _check(logp_chosen, logp_rejected, batch)
+    check_pair_inputs(logp_chosen, logp_rejected, batch)
     h, _, _ = log_ratio_margin(logp_chosen, logp_rejected, batch, self.length_normalize)
     if self.loss_type == "sigmoid":
       return sigmoid_loss(h, self.beta, self.label_smoothing)
