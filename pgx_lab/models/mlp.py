@@ -17,6 +17,13 @@ Huang et al. 2022, "The 37 implementation details of PPO"): orthogonal weights w
 in the torso, 0.01 on the policy output (near-uniform / near-zero-mean initial policy), 1.0 on the
 value output, zero biases.
 
+Initialising several seeds: use `jax.lax.map` over keys, not `jax.vmap`. A vmapped orthogonal
+init is a batched QR (LAPACK geqrf through the FFI), and jaxlib 0.10.2 runs each batched QR's
+per-matrix work on the same intra-op thread pool that runs independent QR ops of one program
+concurrently: with two threads, two QRs can each wait for work queued behind the other, forever
+(reproduced here: `jax.jit(jax.vmap(init))` of six orthogonal (64, 64) kernels over 4 keys hangs
+within 300 calls on 2 cores; the same with `lax.map` never does).
+
 The Gaussian is unsquashed: samples are not clipped to an environment's Box (clip them in the
 environment wrapper if the task needs it; log-probs refer to the unclipped sample).
 """

@@ -158,7 +158,9 @@ def make_program(config) -> loop.Program:
     return TrainState.create(params, optimizer, k_state, extra=extra)
 
   keys = loop.seed_keys(config.seed, config.num_seeds)
-  init = jax.jit(jax.vmap(init_one))
+  # lax.map, not vmap: a vmapped orthogonal init is a batched QR, which can deadlock jaxlib
+  # 0.10.2's CPU thread pool (see `models.mlp`); initialisation is cheap, so seeds go one by one.
+  init = jax.jit(lambda ks: jax.lax.map(init_one, ks))
   describe = (f"PPO (Schulman et al. 2017) on gymnax {config.env_name}, PureJaxRL style: "
               f"{config.num_envs} envs x {config.num_steps} steps per update, "
               f"{config.update_epochs} epochs of {config.num_minibatches} minibatches, Adam lr "
