@@ -10,4 +10,3 @@ from pgx_lab.rollout.step_search import StepModel
 from pgx_lab.rollout.step_search import StepState
 from pgx_lab.rollout.step_search import all_sibling_sets
 from pgx_lab.rollout.step_search import paper_backup
-from pgx_lab.rollout.step_search import step_search
