@@ -20,6 +20,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "gymnax>=1.0.0",
+        "mctx>=0.0.5",
         "tensorboardX>=2.6",
         "numpy>=1.26",
     ],
