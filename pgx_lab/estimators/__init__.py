@@ -4,6 +4,7 @@ from pgx_lab.estimators import advantage_parts
 from pgx_lab.estimators import advantages
 from pgx_lab.estimators import aggregation
 from pgx_lab.estimators import empg
+from pgx_lab.estimators import hybrid
 from pgx_lab.estimators import likelihood
 from pgx_lab.estimators import masks
 from pgx_lab.estimators import offline
