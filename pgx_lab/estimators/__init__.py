@@ -9,6 +9,7 @@ from pgx_lab.estimators import likelihood
 from pgx_lab.estimators import masks
 from pgx_lab.estimators import offline
 from pgx_lab.estimators import offline_parts
+from pgx_lab.estimators import one_token_rollout
 from pgx_lab.estimators import penalties
 from pgx_lab.estimators import presets
 from pgx_lab.estimators import preference

@@ -1,0 +1,222 @@
+r"""OTR (Ming et al. 2025, arXiv 2509.26313): one-token rollout against SFT on a small transformer.
+
+Claim (PAPERS.md, row otr): a small LM fine-tuned with OTR matches SFT in-domain and beats it on
+a shifted evaluation task.
+
+The toy (spec llm_post_training.md section 8 (d)), one seed = one run of both stages:
+  1. pretraining: a causal transformer (d_model 64, 2 layers, 4 heads; pgx_lab.models.transformer)
+     is trained by SFT (token-mean NLL, Adam 1e-3, 64 fresh prompts a step) on a mixture of
+     copy, reverse and sort (lengths 1-4, mixture weights 1 : 1 : 0.3;
+     pgx_lab.envs.token_tasks) for `pre_steps` = 200 steps, which leaves copy/reverse mostly
+     solved (~0.9 greedy accuracy) and sort partly solved (~0.65), the usual starting point of a
+     fine-tuning stage (calibrated on the pretraining alone, before any OTR/SFT comparison);
+  2. fine-tuning: from those weights, fresh Adam (1e-3, same batch size), `ft_steps` steps on sort
+     demonstrations only, with either
+       SFT  the token-mean NLL of the demonstration tokens, or
+       OTR  `one_token_rollout.otr_loss` on the same demonstration tokens (K = 8 candidates,
+            tau = 1, r_neg = -0.1; the library's reading, the paper's constants are unconfirmed).
+     Both methods see the same prompts (same keys) and start from the same weights.
+Scores: greedy exact-match accuracy on 512 fresh prompts per task, in-domain = sort, shifted =
+the mean over copy and reverse (tasks the model was pretrained on and is not fine-tuned on, so the
+score measures what the fine-tuning keeps: the "forgetting" reading of a shifted evaluation).
+
+Thresholds, fixed before the first run (not tuned):
+  matches: mean over seeds of (OTR - SFT) sort accuracy >= -MATCH_TOL (0.03);
+  beats:   mean over seeds of (OTR - SFT) shifted accuracy >= BEAT_MIN (0.02) and larger than
+           two standard errors of that paired difference (std / sqrt(seeds)).
+The claim holds when both hold. Also reported, not part of the claim: the accuracies right after
+pretraining and, at full size, OTR with r_neg = 0 (no negative term; a pi-weighted SFT).
+
+Outcome at full size (5 seeds): the claim FAILS on its second half. OTR matches SFT in-domain
+(sort 0.969 vs 0.996, paired difference -0.027 >= -0.03) but both forget copy/reverse alike
+(0.452 vs 0.458; OTR with r_neg = 0: 0.444): here forgetting comes from training on one task
+marker only, which on-policy candidate tokens at the sort positions do not change.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from experiments.papers import Claim  # noqa: E402
+from pgx_lab.envs.token_tasks import make_task  # noqa: E402
+from pgx_lab.envs.token_tasks import vocab  # noqa: E402
+from pgx_lab.estimators import one_token_rollout  # noqa: E402
+from pgx_lab.models import transformer  # noqa: E402
+
+MATCH_TOL, BEAT_MIN = 0.03, 0.02                 # the claim's thresholds, fixed beforehand
+LR, BATCH, EVAL_SIZE, K, TAU, R_NEG = 1e-3, 64, 512, 8, 1.0, -0.1
+TRAIN = make_task("sort")
+SHIFTED = (make_task("copy"), make_task("reverse"))
+PRETRAIN = make_task("mixture", tasks=("copy", "reverse", "sort"), weights=(1.0, 1.0, 0.3))
+CONFIG = transformer.TransformerConfig(
+    vocab_size=vocab.VOCAB_SIZE, max_len=PRETRAIN.prompt_len + PRETRAIN.response_len,
+    d_model=64, num_layers=2, num_heads=4, value_head=False)
+CONFIGS = {
+    "small": dict(seeds=2, pre_steps=150, ft_steps=60, evals=1, r_negs=(R_NEG,)),
+    "full": dict(seeds=5, pre_steps=200, ft_steps=400, evals=4, r_negs=(R_NEG, 0.0)),
+}
+
+
+def demo_logits(params, prompts, demo):
+  """Teacher-forced logits [n, L + 1, V] predicting `demo` [n, L + 1] after `prompts`; mask."""
+  demo_mask = (demo != vocab.PAD).astype(jnp.int32)
+  tokens = jnp.concatenate([prompts.tokens, demo], axis=1)
+  mask = jnp.concatenate([prompts.mask.astype(jnp.int32), demo_mask], axis=1)
+  logits, _ = transformer.apply(params, CONFIG, tokens, mask)
+  p = prompts.tokens.shape[1]
+  return logits[:, p - 1:-1], demo_mask
+
+
+def sft_loss(logits, demo, mask):
+  """Token-mean NLL of the demonstration tokens."""
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), demo[..., None], -1)[..., 0]
+  w = mask.astype(logp.dtype)
+  return -jnp.sum(logp * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def accuracy(params, key, task):
+  """Greedy exact-match accuracy on EVAL_SIZE fresh prompts of `task`, in one forward pass.
+
+  Greedy decoding reproduces the demonstration (answer, then EOS) exactly when, at every
+  demonstration position, the argmax given the correct prefix is the demonstration token: then
+  the decoded prefix is always the correct one (induction); at the first position where it is
+  not, the decoded answer gets a wrong digit, ends early (EOS) or runs past the EOS, all of which
+  fail the exact match. (Exact argmax ties have probability ~0 with float logits.)
+  """
+  prompts = task.sample_prompts(key, EVAL_SIZE)
+  demo = task.demonstration(prompts)
+  logits, mask = demo_logits(params, prompts, demo)
+  right = jnp.logical_or(jnp.argmax(logits, -1) == demo, mask == 0)
+  return jnp.mean(jnp.all(right, axis=1).astype(jnp.float32))
+
+
+def evaluate(params, key):
+  """[in-domain (sort), copy, reverse] accuracies (the same eval prompts for every method)."""
+  keys = jax.random.split(key, 1 + len(SHIFTED))
+  return jnp.stack([accuracy(params, keys[0], TRAIN)]
+                   + [accuracy(params, k, t) for k, t in zip(keys[1:], SHIFTED)])
+
+
+OPT = optax.adam(LR)
+
+
+def train(params, opt_state, key, task, num_steps, r_neg, use_otr):
+  """`num_steps` Adam steps on `task` demonstrations with SFT (use_otr 0) or OTR (use_otr 1);
+  returns (params, opt_state)."""
+  opt = OPT
+
+  def loss_fn(p, prompts, demo, k):
+    logits, mask = demo_logits(p, prompts, demo)
+    if isinstance(use_otr, int) and use_otr == 0:          # pretraining: plain SFT, no sampling
+      return sft_loss(logits, demo, mask)
+    otr, _ = one_token_rollout.otr_loss(logits, demo, mask, k, K, TAU, r_neg)
+    return jnp.where(use_otr > 0, otr, sft_loss(logits, demo, mask))
+
+  def step(carry, k):
+    p, state = carry
+    k_prompt, k_otr = jax.random.split(k)
+    prompts = task.sample_prompts(k_prompt, BATCH)
+    g = jax.grad(loss_fn)(p, prompts, task.demonstration(prompts), k_otr)
+    updates, state = opt.update(g, state, p)
+    return (optax.apply_updates(p, updates), state), None
+
+  (params, opt_state), _ = jax.lax.scan(step, (params, opt_state),
+                                        jax.random.split(key, num_steps))
+  return params, opt_state
+
+
+def one_seed(key, methods, cfg):
+  """Pretrains once, then fine-tunes with each method (one Adam state through all its chunks);
+  returns accuracies [M, E + 1, 3] (after 0, chunk, 2 chunk, ... fine-tuning steps)."""
+  k_init, k_pre, k_ft, k_eval = jax.random.split(key, 4)
+  params = transformer.init_params(k_init, CONFIG)
+  params, _ = train(params, OPT.init(params), k_pre, PRETRAIN, cfg["pre_steps"], 0.0, 0)
+  base = evaluate(params, k_eval)
+  chunk = cfg["ft_steps"] // cfg["evals"]
+
+  def finetune(r_neg, use_otr):
+    def body(carry, i):
+      p, state = train(*carry, jax.random.fold_in(k_ft, i), TRAIN, chunk, r_neg, use_otr)
+      return (p, state), evaluate(p, k_eval)
+    _, accs = jax.lax.scan(body, (params, OPT.init(params)), jnp.arange(cfg["evals"]))
+    return jnp.concatenate([base[None], accs])               # [E + 1, 3]
+
+  r_negs, use_otr = methods
+  return jax.vmap(finetune)(r_negs, use_otr)                 # [M, E + 1, 3]
+
+
+def _ms(x):
+  return f"{np.mean(x):.3f} ± {np.std(x):.3f}"
+
+
+def run(size: str, workdir: str) -> Claim:
+  """Runs the toy at `size` ("small" or "full"); writes curves.png and metrics.json to `workdir`."""
+  cfg = CONFIGS[size]
+  names = ["SFT"] + [f"OTR r_neg={r:g}" for r in cfg["r_negs"]]
+  methods = (jnp.array([0.0] + list(cfg["r_negs"])),
+             jnp.array([0] + [1] * len(cfg["r_negs"])))
+  keys = jax.random.split(jax.random.PRNGKey(0), cfg["seeds"])
+  t0 = time.perf_counter()
+  acc = jax.jit(jax.vmap(lambda k: one_seed(k, methods, cfg)))(keys)
+  acc = np.asarray(acc)                                      # [S, M, E + 1, 3]
+  seconds = time.perf_counter() - t0
+  in_dom = acc[:, :, -1, 0]                                  # [S, M]
+  shifted = acc[:, :, -1, 1:].mean(-1)
+  pre_in, pre_shift = acc[:, 0, 0, 0], acc[:, 0, 0, 1:].mean(-1)
+
+  d_in = in_dom[:, 1] - in_dom[:, 0]
+  d_sh = shifted[:, 1] - shifted[:, 0]
+  se_sh = np.std(d_sh, ddof=1) / np.sqrt(len(d_sh)) if len(d_sh) > 1 else np.inf
+  matches = float(d_in.mean()) >= -MATCH_TOL
+  beats = float(d_sh.mean()) >= BEAT_MIN and float(d_sh.mean()) > 2 * se_sh
+  holds = bool(matches and beats)
+
+  lines = ["| model | sort (in-domain) | copy | reverse | shifted (copy+reverse)/2 | seeds |",
+           "|---|---|---|---|---|---|",
+           f"| pretrained (start) | {_ms(pre_in)} | {_ms(acc[:, 0, 0, 1])} | "
+           f"{_ms(acc[:, 0, 0, 2])} | {_ms(pre_shift)} | {cfg['seeds']} |"]
+  for m, name in enumerate(names):
+    lines.append(f"| {name} | {_ms(in_dom[:, m])} | {_ms(acc[:, m, -1, 1])} | "
+                 f"{_ms(acc[:, m, -1, 2])} | {_ms(shifted[:, m])} | {cfg['seeds']} |")
+  lines.append(f"\nGreedy exact-match accuracy on {EVAL_SIZE} prompts per task after "
+               f"{cfg['pre_steps']} pretraining + {cfg['ft_steps']} fine-tuning steps (Adam {LR}, "
+               f"batch {BATCH}); OTR K={K}, tau={TAU}. Paired OTR-SFT: in-domain "
+               f"{_ms(d_in)}, shifted {_ms(d_sh)} (se {se_sh:.3f}).")
+  table = "\n".join(lines)
+
+  steps = np.arange(cfg["evals"] + 1) * (cfg["ft_steps"] // cfg["evals"])
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for m, name in enumerate(names):
+    for ax, y in ((axes[0], acc[:, m, :, 0]), (axes[1], acc[:, m, :, 1:].mean(-1))):
+      ax.plot(steps, y.mean(0), label=name)
+      ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.2)
+  axes[0].set_ylabel("sort accuracy (in-domain)")
+  axes[1].set_ylabel("copy/reverse accuracy (shifted)")
+  for ax in axes:
+    ax.set_xlabel("fine-tuning step on sort")
+    ax.legend()
+  fig.tight_layout()
+  plot = os.path.join(workdir, "curves.png")
+  fig.savefig(plot, dpi=100)
+  plt.close(fig)
+  metrics = os.path.join(workdir, "metrics.json")
+  with open(metrics, "w") as f:
+    json.dump({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+               "methods": names, "seconds": seconds, "accuracy": acc.tolist(),
+               "columns": ["sort", "copy", "reverse"]}, f)
+
+  statement = (f"OTR vs SFT after sort fine-tuning: in-domain {in_dom[:, 1].mean():.3f} vs "
+               f"{in_dom[:, 0].mean():.3f} (diff {d_in.mean():+.3f}, match if >= -{MATCH_TOL}); "
+               f"shifted copy/reverse {shifted[:, 1].mean():.3f} vs {shifted[:, 0].mean():.3f} "
+               f"(diff {d_sh.mean():+.3f}, beat if >= {BEAT_MIN} and > 2 se {se_sh:.3f}) "
+               f"({cfg['seeds']} seeds)")
+  return Claim(holds=holds, statement=statement, table=table, artifacts=(plot, metrics))
