@@ -15,4 +15,5 @@ from pgx_lab.estimators import presets
 from pgx_lab.estimators import preference
 from pgx_lab.estimators import reference
 from pgx_lab.estimators import reference_parts
+from pgx_lab.estimators import tempsamp
 from pgx_lab.estimators.estimator import Estimator

@@ -1,0 +1,236 @@
+"""TempSamp-R1 (Li et al., NeurIPS 2025, arXiv 2509.18056): a ground-truth member in every GRPO
+group and the asymmetric soft reward transform.
+
+Which reading is implemented. The paper's own equations were not read (the search tool found
+the abstract and third-party summaries only, which confirm "G - 1 on-policy samples and 1
+off-policy solution (the ground truth) per query"). The constants and the exact places follow a
+public third-party re-implementation (ZhangZikun6666/TempSamp-R1, on EasyR1/verl), as written in
+the shared spec llm_post_training.md section 9 (b):
+  * group composition: the ground truth REPLACES one rollout slot of each group (default the
+    last), `mode="replace"`; the earlier reading, the ground truth APPENDED as a (G+1)-th member,
+    is `mode="append"`;
+  * the ground-truth row enters the group mean and std like any rollout (plain GRPO z-score,
+    torch.std, i.e. unbiased, eps 1e-6 added to the std);
+  * its ratio is the ordinary pi_theta / pi_old with old log-probs recomputed like the other rows
+    (`gt_ratio="on_policy"`, default); the alternative "no importance sampling" (ratio exactly 1,
+    gradient of log pi only) is `gt_ratio="no_is"`, done by setting old_logp := sg(logp) on the
+    ground-truth rows;
+  * the "soft advantage" is a transform of the IoU reward BEFORE group normalisation:
+      r'(iou) = tau + c * log(iou - tau + 1)                          if iou >= tau,
+      r'(iou) = tau - (exp(alpha (tau - iou)) - 1) / (exp(alpha) - 1)  otherwise,
+    with tau = 0.8, alpha = 1, c = 0.01 (log-compress above tau into a near-flat plateau, an
+    exponential ramp below); `transform="linear"` is the identity (plain IoU).
+"""
+
+from typing import Dict, Optional
+
+import jax
+import jax.numpy as jnp
+
+from pgx_lab import validation
+from pgx_lab.estimators import advantages
+
+Array = jax.Array
+
+MODES = ("replace", "append")
+GT_RATIOS = ("on_policy", "no_is")
+TRANSFORMS = ("soft", "linear")
+
+
+def _check_soft_params(tau: float, alpha: float, top_scale: float) -> None:
+  if not isinstance(tau, (int, float)) or not 0.0 < tau < 1.0:
+    raise ValueError(f"`tau` must be a number in (0, 1), got {tau!r}.")
+  validation.check_positive("alpha", alpha)
+  validation.check_positive("top_scale", top_scale, allow_zero=True)
+
+
+def soft_reward(iou: Array, tau: float = 0.8, alpha: float = 1.0, top_scale: float = 0.01) -> Array:
+  """TempSamp-R1's asymmetric soft reward r'(iou) (re-implementation reading, see module doc).
+
+  r'(iou) = tau + top_scale * log(iou - tau + 1) for iou >= tau, and
+  r'(iou) = tau - (exp(alpha (tau - iou)) - 1) / (exp(alpha) - 1) below; continuous at tau
+  (both sides give tau) and increasing. With tau = 0.8, alpha = 1: r'(0) ~ 0.0868, r'(1) ~ 0.8018.
+
+  Args:
+    iou: [...] float rewards in [0, 1] (temporal IoU).
+    tau: threshold in (0, 1).
+    alpha: sharpness of the ramp below tau, > 0.
+    top_scale: slope of the log plateau above tau (0.01 in the re-implementation), >= 0.
+
+  Returns:
+    [...] transformed rewards, same shape as `iou`.
+  """
+  validation.check_array("iou", iou, kind="float")
+  _check_soft_params(tau, alpha, top_scale)
+  above = iou >= tau
+  top = tau + top_scale * jnp.log(jnp.where(above, iou - tau + 1.0, 1.0))
+  bottom = tau - jnp.expm1(alpha * (tau - iou)) / jnp.expm1(alpha)
+  return jnp.where(above, top, bottom)
+
+
+def transform_rewards(iou: Array, transform: str = "soft", tau: float = 0.8, alpha: float = 1.0,
+                      top_scale: float = 0.01) -> Array:
+  """`soft_reward` (transform="soft") or the identity (transform="linear") on `iou` [...]."""
+  validation.check_option("transform", transform, TRANSFORMS)
+  if transform == "linear":
+    validation.check_array("iou", iou, kind="float")
+    return iou
+  return soft_reward(iou, tau, alpha, top_scale)
+
+
+def advantages_from_iou(iou: Array, group_ids: Array, *, transform: str = "soft",
+                        tau: float = 0.8, alpha: float = 1.0, top_scale: float = 0.01,
+                        format_rewards: Optional[Array] = None, format_coef: float = 0.1,
+                        unbiased_std: bool = True, eps: float = 1e-6,
+                        valid: Optional[Array] = None) -> Array:
+  """Group-normalised advantage of the transformed reward r'(iou) + format_coef * format.
+
+  The ground-truth rows are ordinary members of their group here (they enter mean and std).
+  Defaults follow the re-implementation: unbiased std (torch.std), eps 1e-6 added to the std,
+  format weight 0.1. A constant group gets advantage 0 (`advantages.group_normalized`).
+
+  Args:
+    iou: [B] float IoU rewards (ground-truth rows included, usually 1).
+    group_ids: [B] int group ids in [0, B).
+    transform: "soft" or "linear".
+    tau, alpha, top_scale: see `soft_reward`.
+    format_rewards: [B] optional float format rewards (1 for a parseable answer).
+    format_coef: weight of the format reward.
+    unbiased_std, eps: see `advantages.group_normalized`.
+    valid: [B] optional 0/1 row weights.
+
+  Returns:
+    [B] advantages.
+  """
+  validation.check_array("iou", iou, ndim=1)
+  r = transform_rewards(iou, transform, tau, alpha, top_scale)
+  if format_rewards is not None:
+    validation.check_array("format_rewards", format_rewards, ndim=1)
+    validation.check_shape("format_rewards", format_rewards, iou.shape, against="iou")
+    r = r + format_coef * format_rewards
+  return advantages.group_normalized(r, group_ids, scale="group", unbiased_std=unbiased_std,
+                                     eps=eps, valid=valid)
+
+
+def advantage_part(transform: str = "soft", tau: float = 0.8, alpha: float = 1.0,
+                   top_scale: float = 0.01, unbiased_std: bool = True, eps: float = 1e-6):
+  """An `Estimator` advantage part: `batch.rewards` [B] read as IoU, see `advantages_from_iou`."""
+  validation.check_option("transform", transform, TRANSFORMS)
+  _check_soft_params(tau, alpha, top_scale)
+
+  def part(batch):
+    who = f"tempsamp.advantage_part(transform={transform!r})"
+    iou = validation.require("batch.rewards", batch.rewards, who)
+    gids = validation.require("batch.group_ids", batch.group_ids, who)
+    rows = (batch.mask.sum(axis=1) > 0).astype(jnp.float32)
+    return advantages_from_iou(iou, gids, transform=transform, tau=tau, alpha=alpha,
+                               top_scale=top_scale, unbiased_std=unbiased_std, eps=eps, valid=rows)
+
+  return part
+
+
+def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: Array,
+                        gt_tokens: Array, gt_mask: Array, gt_rewards: Array, *, group_size: int,
+                        mode: str = "replace", slot: int = -1, old_logp: Optional[Array] = None,
+                        gt_old_logp: Optional[Array] = None) -> Dict[str, Optional[Array]]:
+  """Puts the ground-truth response into every group (TempSamp-R1's off-policy member).
+
+  Groups are contiguous blocks of `group_size` rows (rows g*G .. g*G + G - 1 form group g) and
+  share one id. With mode="replace" (re-implementation reading) row g*G + slot of each group is
+  overwritten by the ground truth, so B stays n*G; with mode="append" (earlier reading) the ground
+  truth becomes member G+1 of each group and B becomes n*(G+1) (rows regrouped so groups stay
+  contiguous; a GT row takes the id of its group's first row).
+
+  Args:
+    tokens: [B, T] int sampled tokens, B = n * group_size.
+    mask: [B, T] response masks.
+    rewards: [B] float rewards of the samples (e.g. IoU).
+    group_ids: [B] int group ids, constant inside each contiguous block.
+    gt_tokens: [n, T] int ground-truth responses, one per group.
+    gt_mask: [n, T] their response masks.
+    gt_rewards: [n] float their rewards (IoU of the ground truth with itself: 1).
+    group_size: G, the number of rows per group in the input (static int >= 1; >= 2 to replace).
+    mode: "replace" or "append".
+    slot: which slot is replaced, in [-G, G) (mode="replace" only); default the last.
+    old_logp: [B, T] optional behaviour log-probs of the samples. None when old log-probs are
+      recomputed for every row after injection (as the re-implementation does); then the output
+      old_logp is None.
+    gt_old_logp: [n, T] behaviour-policy log-probs of the ground truth; required with `old_logp`.
+
+  Returns:
+    dict with tokens, mask, rewards, group_ids, old_logp (or None) and is_gt [B'] bool.
+  """
+  validation.check_option("mode", mode, MODES)
+  if not isinstance(group_size, int) or group_size < 1:
+    raise ValueError(f"`group_size` must be a positive int, got {group_size!r}.")
+  validation.check_array("tokens", tokens, ndim=2, kind="int")
+  b, t = tokens.shape
+  if b % group_size:
+    raise ValueError(f"`group_size` {group_size} must divide the batch size {b} of `tokens`.")
+  n, g = b // group_size, group_size
+  if mode == "replace" and (g < 2 or not -g <= slot < g):
+    raise ValueError(f"`slot` must be in [-{g}, {g}) with group_size >= 2, got slot={slot!r}, "
+                     f"group_size={g}.")
+  validation.check_array("mask", mask, ndim=2, kind="number")
+  validation.check_shape("mask", mask, (b, t), against="tokens")
+  validation.check_array("rewards", rewards, ndim=1)
+  validation.check_shape("rewards", rewards, (b,), against="tokens rows")
+  validation.check_array("group_ids", group_ids, ndim=1, kind="int")
+  validation.check_shape("group_ids", group_ids, (b,), against="tokens rows")
+  validation.check_array("gt_tokens", gt_tokens, ndim=2, kind="int")
+  validation.check_shape("gt_tokens", gt_tokens, (n, t), against="one row per group")
+  validation.check_array("gt_mask", gt_mask, ndim=2, kind="number")
+  validation.check_shape("gt_mask", gt_mask, (n, t), against="gt_tokens")
+  validation.check_array("gt_rewards", gt_rewards, ndim=1)
+  validation.check_shape("gt_rewards", gt_rewards, (n,), against="one per group")
+  if (old_logp is None) != (gt_old_logp is None):
+    raise ValueError("`old_logp` and `gt_old_logp` must be given together (or both None).")
+  pairs = [("tokens", tokens, gt_tokens), ("mask", mask, gt_mask.astype(mask.dtype)),
+           ("rewards", rewards, gt_rewards.astype(rewards.dtype)),
+           ("group_ids", group_ids, group_ids.reshape(n, g)[:, 0])]
+  if old_logp is not None:
+    validation.check_array("old_logp", old_logp, ndim=2)
+    validation.check_shape("old_logp", old_logp, (b, t), against="tokens")
+    validation.check_array("gt_old_logp", gt_old_logp, ndim=2)
+    validation.check_shape("gt_old_logp", gt_old_logp, (n, t), against="gt_tokens")
+    pairs.append(("old_logp", old_logp, gt_old_logp.astype(old_logp.dtype)))
+
+  out = {"old_logp": None}
+  for name, x, gt in pairs:
+    blocks = x.reshape((n, g) + x.shape[1:])
+    if mode == "replace":
+      out[name] = blocks.at[:, slot].set(gt).reshape(x.shape)
+    else:
+      out[name] = jnp.concatenate([blocks, gt[:, None]], axis=1).reshape((n * (g + 1),) + x.shape[1:])
+  if mode == "replace":
+    out["is_gt"] = jnp.zeros((n, g), bool).at[:, slot].set(True).reshape(b)
+  else:
+    out["is_gt"] = jnp.concatenate([jnp.zeros((n, g), bool), jnp.ones((n, 1), bool)], 1).reshape(-1)
+  return out
+
+
+def gt_old_logp(logp: Array, old_logp: Array, is_gt: Array, gt_ratio: str = "on_policy") -> Array:
+  """The old log-probs that set the ratio pi_theta / pi_old of the ground-truth rows.
+
+  "on_policy" (re-implementation reading, default): unchanged, the GT rows keep the recomputed
+  behaviour log-probs like any rollout. "no_is": GT rows get old_logp := sg(logp), so their ratio
+  is exactly 1 in value while its gradient is grad log pi (no importance weight).
+
+  Args:
+    logp: [B, T] current log-probs of the taken tokens (differentiable).
+    old_logp: [B, T] behaviour log-probs.
+    is_gt: [B] bool, True on ground-truth rows.
+    gt_ratio: "on_policy" or "no_is".
+
+  Returns:
+    [B, T] old log-probs to put in the batch.
+  """
+  validation.check_option("gt_ratio", gt_ratio, GT_RATIOS)
+  validation.check_array("logp", logp, ndim=2)
+  validation.check_array("old_logp", old_logp, ndim=2)
+  validation.check_shape("old_logp", old_logp, logp.shape, against="logp")
+  validation.check_array("is_gt", is_gt, ndim=1, kind="number")
+  validation.check_shape("is_gt", is_gt, logp.shape[:1], against="logp rows")
+  if gt_ratio == "on_policy":
+    return old_logp
+  return jnp.where(is_gt.astype(bool)[:, None], jax.lax.stop_gradient(logp), old_logp)

@@ -1,0 +1,135 @@
+"""TempSamp-R1 parts (pgx_lab/estimators/tempsamp.py) against hand computations."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgx_lab import types
+from pgx_lab.estimators import presets
+from pgx_lab.estimators import tempsamp
+
+
+def test_soft_reward_hand_values():
+  iou = jnp.array([0.0, 0.5, 0.8, 1.0])
+  got = np.asarray(tempsamp.soft_reward(iou))
+  e1 = math.e - 1.0
+  want = [0.8 - (math.exp(0.8) - 1) / e1, 0.8 - (math.exp(0.3) - 1) / e1, 0.8,
+          0.8 + 0.01 * math.log(1.2)]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert abs(got[0] - 0.0868) < 1e-3
+
+
+def test_soft_reward_continuous_and_monotone():
+  tau = 0.8
+  left = tempsamp.soft_reward(jnp.array([tau - 1e-5]))[0]
+  right = tempsamp.soft_reward(jnp.array([tau + 1e-5]))[0]
+  assert abs(float(left) - tau) < 1e-4 and abs(float(right) - tau) < 1e-4
+  x = jnp.linspace(0.0, 1.0, 101)
+  y = np.asarray(tempsamp.soft_reward(x, tau=0.6, alpha=2.0))
+  assert np.all(np.diff(y) > 0)
+  np.testing.assert_array_equal(np.asarray(tempsamp.transform_rewards(x, "linear")), np.asarray(x))
+
+
+def _sampled(n=2, g=3, t=2):
+  b = n * g
+  tokens = jnp.arange(b * t, dtype=jnp.int32).reshape(b, t)
+  mask = jnp.ones((b, t))
+  rewards = jnp.linspace(0.0, 0.5, b)
+  gids = jnp.repeat(jnp.arange(n, dtype=jnp.int32) * g, g)
+  gt_tokens = -jnp.ones((n, t), jnp.int32) * (jnp.arange(n, dtype=jnp.int32)[:, None] + 1)
+  return tokens, mask, rewards, gids, gt_tokens, jnp.ones((n, t)), jnp.ones((n,))
+
+
+def test_inject_replace_last_slot_and_group_stats():
+  tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r = _sampled()
+  out = tempsamp.inject_ground_truth(tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r,
+                                     group_size=3)
+  np.testing.assert_array_equal(np.asarray(out["is_gt"]), [0, 0, 1, 0, 0, 1])
+  np.testing.assert_array_equal(np.asarray(out["tokens"][2]), [-1, -1])
+  np.testing.assert_array_equal(np.asarray(out["tokens"][5]), [-2, -2])
+  np.testing.assert_array_equal(np.asarray(out["tokens"][:2]), np.asarray(tokens[:2]))
+  r = np.asarray(out["rewards"])
+  np.testing.assert_allclose(r, [0.0, 0.1, 1.0, 0.3, 0.4, 1.0], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out["group_ids"]), np.asarray(gids))
+  assert out["old_logp"] is None
+  adv = np.asarray(tempsamp.advantages_from_iou(out["rewards"], out["group_ids"], transform="linear"))
+  grp = r[:3]                                   # the GT row is in the group's mean and std
+  np.testing.assert_allclose(adv[:3], (grp - grp.mean()) / (grp.std(ddof=1) + 1e-6), rtol=1e-5)
+  soft = np.asarray(tempsamp.soft_reward(jnp.asarray(r)))
+  adv_s = np.asarray(tempsamp.advantages_from_iou(out["rewards"], out["group_ids"]))
+  s = soft[3:]
+  np.testing.assert_allclose(adv_s[3:], (s - s.mean()) / (s.std(ddof=1) + 1e-6), rtol=1e-5)
+
+
+def test_inject_append_and_old_logp():
+  tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r = _sampled()
+  old = -jnp.ones(tokens.shape)
+  gt_old = -5.0 * jnp.ones(gt_tokens.shape)
+  out = tempsamp.inject_ground_truth(tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r,
+                                     group_size=3, mode="append", old_logp=old, gt_old_logp=gt_old)
+  np.testing.assert_array_equal(np.asarray(out["is_gt"]), [0, 0, 0, 1, 0, 0, 0, 1])
+  np.testing.assert_array_equal(np.asarray(out["group_ids"]), [0, 0, 0, 0, 3, 3, 3, 3])
+  np.testing.assert_allclose(np.asarray(out["rewards"]), [0, 0.1, 0.2, 1, 0.3, 0.4, 0.5, 1], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out["old_logp"][:, 0]), [-1, -1, -1, -5, -1, -1, -1, -5])
+  np.testing.assert_array_equal(np.asarray(out["tokens"][7]), [-2, -2])
+  out2 = tempsamp.inject_ground_truth(tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r,
+                                      group_size=3, slot=0)
+  np.testing.assert_array_equal(np.asarray(out2["is_gt"]), [1, 0, 0, 1, 0, 0])
+
+
+def test_no_is_gives_ratio_one_and_score_gradient():
+  logp = jnp.log(jnp.array([[0.5, 0.25], [0.2, 0.4]]))
+  old = jnp.log(jnp.array([[0.1, 0.1], [0.1, 0.1]]))
+  is_gt = jnp.array([False, True])
+
+  def ratio(lp, opt):
+    return jnp.exp(lp - tempsamp.gt_old_logp(lp, old, is_gt, opt))
+
+  r = np.asarray(ratio(logp, "no_is"))
+  assert np.all(r[1] == 1.0)                     # exactly 1 on the GT row
+  np.testing.assert_allclose(r[0], [5.0, 2.5], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(ratio(logp, "on_policy"))[1], [2.0, 4.0], rtol=1e-5)
+  g = jax.grad(lambda lp: jnp.sum(ratio(lp, "no_is")[1]))(logp)
+  np.testing.assert_allclose(np.asarray(g), [[0, 0], [1, 1]], atol=1e-6)   # grad of log pi
+
+
+def test_degenerate_groups_finite_and_estimator():
+  gids = jnp.array([0, 0, 0, 3, 3, 3], jnp.int32)
+  for iou in (jnp.zeros(6), jnp.full((6,), 0.7)):
+    for tr in tempsamp.TRANSFORMS:
+      adv = tempsamp.advantages_from_iou(iou, gids, transform=tr)
+      assert np.all(np.asarray(adv) == 0.0)
+  batch = types.SequenceBatch(mask=jnp.ones((6, 2)), old_logp=jnp.zeros((6, 2)),
+                              rewards=jnp.array([0.0, 0.0, 1.0, 0.2, 0.9, 1.0]), group_ids=gids)
+  est = presets.grpo().replace(advantage=tempsamp.advantage_part())
+  loss, _ = jax.jit(est)(jnp.zeros((6, 2)), batch)
+  assert np.isfinite(float(loss))
+
+
+def test_bad_input():
+  tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r = _sampled()
+  args = (tokens, mask, rewards, gids, gt_tokens, gt_mask, gt_r)
+  with pytest.raises(ValueError, match="mode"):
+    tempsamp.inject_ground_truth(*args, group_size=3, mode="insert")
+  with pytest.raises(ValueError, match="group_size"):
+    tempsamp.inject_ground_truth(*args, group_size=4)
+  with pytest.raises(ValueError, match="slot"):
+    tempsamp.inject_ground_truth(*args, group_size=3, slot=3)
+  with pytest.raises(ValueError, match="gt_tokens"):
+    tempsamp.inject_ground_truth(tokens, mask, rewards, gids, gt_tokens[:1], gt_mask, gt_r,
+                                 group_size=3)
+  with pytest.raises(ValueError, match="old_logp"):
+    tempsamp.inject_ground_truth(*args, group_size=3, old_logp=jnp.zeros(tokens.shape))
+  with pytest.raises(ValueError, match="tau"):
+    tempsamp.soft_reward(jnp.zeros(3), tau=1.5)
+  with pytest.raises(ValueError, match="alpha"):
+    tempsamp.advantage_part(alpha=0.0)
+  with pytest.raises(ValueError, match="transform"):
+    tempsamp.transform_rewards(jnp.zeros(3), "cubic")
+  with pytest.raises(ValueError, match="gt_ratio"):
+    tempsamp.gt_old_logp(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(2, bool), "clip")
+  with pytest.raises(ValueError, match="is_gt"):
+    tempsamp.gt_old_logp(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(3, bool))
