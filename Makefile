@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # Every test and notebook, in parallel.
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --dist=loadfile --durations=15 tests notebooks --nbmake
+	$(PY) -m pytest -n $(WORKERS) --dist=loadscope --durations=15 tests notebooks --nbmake
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators

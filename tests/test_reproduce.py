@@ -201,14 +201,23 @@ def test_every_module_under_papers_is_a_registry_key():
   assert sorted(names) == sorted(papers.available())
 
 
-@pytest.mark.parametrize("key", papers.available())
-def test_every_paper_module_runs_at_small_size(key, tmp_path):
+def _check_paper_runs_at_small_size(key, tmp_path):
   code, out, err = _execute(paper=key, size="small", workdir=str(tmp_path))
   last = out.rstrip("\n").split("\n")[-1]
   assert last.startswith(("claim holds: ", "claim fails: ")), out + err
   assert len(last) > len("claim fails: ")
   assert code == (0 if last.startswith("claim holds: ") else 1)
   assert (tmp_path / "claim.json").exists()
+
+
+# One test class per paper module: `make test` runs pytest-xdist with --dist=loadscope, which
+# schedules each class on its own, so the paper modules (tens of seconds each) spread over the
+# workers instead of queueing behind one another in this file.
+for _key in papers.available():
+  _name = f"TestPaper_{_key}"
+  globals()[_name] = type(_name, (), {
+      "test_runs_at_small_size":
+          lambda self, tmp_path, key=_key: _check_paper_runs_at_small_size(key, tmp_path)})
 
 
 def _tiny_configs():
