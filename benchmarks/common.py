@@ -24,3 +24,12 @@ def write_json(path: str, result: dict) -> None:
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")
+
+
+def print_table(table: str, elapsed: float, load_before, load_after) -> None:
+  """Prints a benchmark's markdown `table`, its wall time and the load average around it."""
+  fmt = lambda load: "/".join(f"{v:.2f}" for v in load)
+  print()
+  print(table)
+  print(f"\nwall time {elapsed:.1f} s; load average (1/5/15 min) before {fmt(load_before)}, "
+        f"after {fmt(load_after)}")

@@ -448,10 +448,7 @@ def main(argv=None):
   elapsed = time.perf_counter() - start
   load_after = os.getloadavg()
   table = markdown_table(rows)
-  print()
-  print(table)
-  print(f"\nwall time {elapsed:.1f} s; load average (1/5/15 min) before "
-        f"{'/'.join(f'{v:.2f}' for v in load_before)}, after {'/'.join(f'{v:.2f}' for v in load_after)}")
+  common.print_table(table, elapsed, load_before, load_after)
   result = {
       "command": " ".join(["python -m benchmarks.estimators"] + (sys.argv[1:] if argv is None
                                                                  else list(argv))),

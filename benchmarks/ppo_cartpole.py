@@ -288,11 +288,7 @@ def main(argv=None):
       rows.extend(rows_for(ppo, seeds, args.repeats, root))
   elapsed, load_after = time.perf_counter() - start, os.getloadavg()
   table = markdown_table(rows)
-  print()
-  print(table)
-  print(f"\nwall time {elapsed:.1f} s; load average (1/5/15 min) before "
-        f"{'/'.join(f'{v:.2f}' for v in load_before)}, after "
-        f"{'/'.join(f'{v:.2f}' for v in load_after)}")
+  common.print_table(table, elapsed, load_before, load_after)
   common.write_json(args.out, {
       "machine": {"nproc": os.cpu_count(), "cpu": common.cpu_model(), "jax": jax.__version__,
                   "backend": jax.default_backend()},

@@ -293,11 +293,7 @@ def main(argv=None):
   if samp:
     tables.append(token_sampling.markdown(samp))
   table = "\n\n".join(tables)
-  print()
-  print(table)
-  print(f"\nwall time {elapsed:.1f} s; load average (1/5/15 min) before "
-        f"{'/'.join(f'{v:.2f}' for v in load_before)}, after "
-        f"{'/'.join(f'{v:.2f}' for v in load_after)}")
+  common.print_table(table, elapsed, load_before, load_after)
   result = {
       "command": " ".join(["python -m benchmarks.rollout"]
                           + (sys.argv[1:] if argv is None else list(argv))),

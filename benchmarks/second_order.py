@@ -174,10 +174,7 @@ def main(argv=None):
   rows = [bench(name, make(), args.repeats, 1e-3 * args.min_sample_ms) for name, make in cases]
   elapsed, load_after = time.perf_counter() - start, os.getloadavg()
   table = markdown_table(rows)
-  print("\n" + table)
-  print(f"\nwall time {elapsed:.1f} s; load average before "
-        f"{'/'.join(f'{v:.2f}' for v in load_before)}, after "
-        f"{'/'.join(f'{v:.2f}' for v in load_after)}")
+  common.print_table(table, elapsed, load_before, load_after)
   result = {
       "command": " ".join(["python -m benchmarks.second_order"] + (sys.argv[1:] if argv is None
                                                                   else list(argv))),

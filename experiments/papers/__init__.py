@@ -103,6 +103,21 @@ class Claim:
     object.__setattr__(self, "artifacts", artifacts)
 
 
+def save_artifacts(workdir: str, fig, metrics: dict, plot_name: str = "curves.png",
+                   metrics_name: str = "metrics.json") -> Tuple[str, str]:
+  """Writes a paper module's figure (closing it) and its JSON metrics into `workdir`; returns their
+  paths, for `Claim.artifacts`. Tuples in `metrics` are written as lists."""
+  import json  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plot = os.path.join(workdir, plot_name)
+  fig.savefig(plot, dpi=100)
+  plt.close(fig)
+  path = os.path.join(workdir, metrics_name)
+  with open(path, "w") as f:
+    json.dump(metrics, f, default=list)
+  return plot, path
+
+
 def module_name(key: str) -> str:
   """The import name of paper `key`'s module (`key`: a registry key, not checked here)."""
   return f"{__name__}.{key}"

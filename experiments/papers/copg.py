@@ -32,8 +32,6 @@ by enumerating the K^2 pairs (the naive and IS updates average their two samples
 with the baseline E_mu[R_beta] (the sampler's value): the "right" baseline is the point.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -46,6 +44,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments.papers import Claim  # noqa: E402
+from experiments.papers import save_artifacts  # noqa: E402
 from pgx_lab.estimators.preference import contrastive  # noqa: E402
 
 sg = jax.lax.stop_gradient
@@ -207,15 +206,11 @@ def run(size: str, workdir: str) -> Claim:
   ax.set_title(f"K={K} bandit, fixed sampler mu, beta={BETA}")
   ax.legend()
   fig.tight_layout()
-  plot = os.path.join(workdir, "curves.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"config": cfg, "beta": BETA, "k": K, "lr": LR, "seconds": seconds,
-               "curves": {m: c.tolist() for m, c in curves.items()},
-               "expected_fixed_point_kl": {m: v.tolist() for m, v in limits.items()},
-               "start_relative_variance": {m: v.tolist() for m, v in rel_var.items()}}, f)
+  plot, metrics = save_artifacts(workdir, fig, {
+      "config": cfg, "beta": BETA, "k": K, "lr": LR, "seconds": seconds,
+      "curves": {m: c.tolist() for m, c in curves.items()},
+      "expected_fixed_point_kl": {m: v.tolist() for m, v in limits.items()},
+      "start_relative_variance": {m: v.tolist() for m, v in rel_var.items()}})
 
   statement = (f"final KL(pi||pi*): CoPG {mean['copg']:.1e} ± {std['copg']:.1e} (< {COPG_MAX_KL}) "
                f"vs naive off-policy PG without baseline {mean['naive']:.3f} ± {std['naive']:.3f} "

@@ -33,8 +33,6 @@ Outcome at full size (5 seeds): the claim FAILS on its second half. OTR matches 
 marker only, which on-policy candidate tokens at the sort positions do not change.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -47,6 +45,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments.papers import Claim  # noqa: E402
+from experiments.papers import save_artifacts  # noqa: E402
 from pgx_lab.envs.token_tasks import make_task  # noqa: E402
 from pgx_lab.envs.token_tasks import vocab  # noqa: E402
 from pgx_lab.estimators import one_token_rollout  # noqa: E402
@@ -205,14 +204,9 @@ def run(size: str, workdir: str) -> Claim:
     ax.set_xlabel("fine-tuning step on sort")
     ax.legend()
   fig.tight_layout()
-  plot = os.path.join(workdir, "curves.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-               "methods": names, "seconds": seconds, "accuracy": acc.tolist(),
-               "columns": ["sort", "copy", "reverse"]}, f)
+  plot, metrics = save_artifacts(workdir, fig, {
+      "config": cfg, "methods": names, "seconds": seconds, "accuracy": acc.tolist(),
+      "columns": ["sort", "copy", "reverse"]})
 
   statement = (f"OTR vs SFT after sort fine-tuning: in-domain {in_dom[:, 1].mean():.3f} vs "
                f"{in_dom[:, 0].mean():.3f} (diff {d_in.mean():+.3f}, match if >= -{MATCH_TOL}); "

@@ -28,8 +28,6 @@ The paper's own eta values, and whether its SFT term sums or averages token log-
 confirmed; with one-token responses sum and mean coincide.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -42,6 +40,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments.papers import Claim  # noqa: E402
+from experiments.papers import save_artifacts  # noqa: E402
 from pgx_lab import PairBatch  # noqa: E402
 from pgx_lab.estimators.preference import pairwise  # noqa: E402
 
@@ -150,14 +149,9 @@ def run(size: str, workdir: str) -> Claim:
     ax.legend()
   fig.suptitle(f"{K}-arm bandits, {PAIRS} BT-labelled pairs per prompt from pi_base")
   fig.tight_layout()
-  plot = os.path.join(workdir, "curves.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-               "methods": names, "seconds": seconds, "true_reward": j.tolist(),
-               "chosen_logp": lc.tolist(), "best_arm_reward": best_arm}, f)
+  plot, metrics = save_artifacts(workdir, fig, {
+      "config": cfg, "methods": names, "seconds": seconds, "true_reward": j.tolist(),
+      "chosen_logp": lc.tolist(), "best_arm_reward": best_arm})
 
   statement = (f"true-reward drop peak→end: DPO {dpo_drop:.3f} ± {drop[0].std():.3f} (>= "
                f"{DPO_MIN_DROP}) vs RPO eta={CLAIM_ETA:g} {rpo_drop:.3f} ± {drop[rpo].std():.3f} "
