@@ -62,6 +62,7 @@ from experiments.papers import Claim  # noqa: E402
 from pgx_lab.estimators import advantages as adv_lib  # noqa: E402
 from pgx_lab.estimators import penalties  # noqa: E402
 from pgx_lab.estimators import reference  # noqa: E402
+from pgx_lab.estimators import value_loss  # noqa: E402
 from pgx_lab.models.tabular import TabularSequencePolicy  # noqa: E402
 from pgx_lab.rewards import kl_control  # noqa: E402
 from pgx_lab.rewards import spans  # noqa: E402
@@ -81,12 +82,6 @@ POLICY = TabularSequencePolicy(C, L, V)
 
 def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def clipped_value_loss(values, old_values, returns, mask, clip=CLIP_V):
-  """TRL's clipped value loss: 0.5 mean max((V - R)^2, (clip(V, V_old +- clip) - R)^2); [B, T] in."""
-  v_clipped = old_values + jnp.clip(values - old_values, -clip, clip)
-  return 0.5 * _masked_mean(jnp.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
 
 def success_prob(theta, targets):
@@ -134,7 +129,7 @@ def train(key, dense, kl_on, num_updates):
       logp = POLICY.token_logp(p["theta"], ctx, tokens)
       ratio = reference.token_ratio(logp, old_logp, mask)
       pg = _masked_mean(reference.clipped_surrogate_loss(ratio, adv, CLIP), mask)
-      vf = clipped_value_loss(p["value"][ctx], old_values, returns, mask)
+      vf = value_loss.clipped_value_loss(p["value"][ctx], old_values, returns, mask, clip=CLIP_V)
       return pg + VF_COEF * vf
 
     def epoch(c, _):

@@ -16,4 +16,5 @@ from pgx_lab.estimators import preference
 from pgx_lab.estimators import reference
 from pgx_lab.estimators import reference_parts
 from pgx_lab.estimators import tempsamp
+from pgx_lab.estimators import value_loss
 from pgx_lab.estimators.estimator import Estimator

@@ -35,6 +35,7 @@ from pgx_lab.envs import api
 from pgx_lab.envs.gymnax_adapter import GymnaxEnv
 from pgx_lab.estimators import advantage_parts
 from pgx_lab.estimators import presets
+from pgx_lab.estimators import value_loss as value_loss_lib
 from pgx_lab.models import mlp
 from pgx_lab.rollout import env_rollout
 from pgx_lab.train import loop
@@ -73,9 +74,7 @@ def make_program(config) -> loop.Program:
     seq = types.SequenceBatch(mask=jnp.ones((logp.shape[0], 1), jnp.float32),
                               old_logp=mb["logp"][:, None], advantages=mb["advantages"][:, None])
     policy_loss, metrics = estimator(logp[:, None], seq, entropy=mlp.entropy(dist)[:, None])
-    v_clipped = mb["values"] + jnp.clip(value - mb["values"], -eps, eps)
-    value_loss = 0.5 * jnp.mean(jnp.maximum(jnp.square(value - mb["targets"]),
-                                            jnp.square(v_clipped - mb["targets"])))
+    value_loss = value_loss_lib.clipped_value_loss(value, mb["values"], mb["targets"], clip=eps)
     metrics = dict(metrics, policy_loss=policy_loss, value_loss=value_loss)
     return policy_loss + config.value_coef * value_loss, metrics
 
