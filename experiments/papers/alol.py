@@ -33,7 +33,6 @@ Log-probs are summed over tokens (the paper's code). Seeds are vmapped, training
 `lax.scan` under jit. The claim compares the seed means of the final exact expected reward.
 """
 
-import json
 import os
 import time
 
@@ -46,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from experiments.papers import Claim  # noqa: E402
+from experiments.papers import Claim, save_artifacts  # noqa: E402
 from pgx_lab.envs.token_tasks import make_task  # noqa: E402
 from pgx_lab.envs.token_tasks import vocab  # noqa: E402
 from pgx_lab.estimators import offline  # noqa: E402
@@ -230,15 +229,12 @@ def run(size: str, workdir: str) -> Claim:
   ax.set_ylabel("exact expected reward")
   ax.set_title(f"A-LoL on offline reverse-task data ({size}, {cfg['seeds']} seeds)")
   ax.legend(fontsize=7, ncol=2)
-  plot = os.path.join(workdir, "alol.png")
   fig.tight_layout()
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "alol_metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"config": cfg, "final": {m: final[m].tolist() for m in METHODS},
-               "ref": res["ref"].tolist(), "dropped_fraction": res["dropped_fraction"].tolist(),
-               "seconds": time.time() - t0}, f, indent=1)
+  plot, metrics = save_artifacts(
+      workdir, fig, {"config": cfg, "final": {m: final[m].tolist() for m in METHODS},
+                     "ref": res["ref"].tolist(),
+                     "dropped_fraction": res["dropped_fraction"].tolist(),
+                     "seconds": time.time() - t0}, "alol.png", "alol_metrics.json")
 
   worst = min(VARIANTS, key=lambda v: means[v])
   statement = (f"A-LoL variants' reward >= {means[worst]:.3f} ({worst}) vs NLL {means['nll']:.3f}, "

@@ -45,7 +45,6 @@ first version used a relative error, meaningless where 1 - sum p^2 is near 0; it
 the z-score after the first run.)
 """
 
-import json
 import os
 import time
 
@@ -58,7 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from experiments.papers import Claim  # noqa: E402
+from experiments.papers import Claim, save_artifacts  # noqa: E402
 from pgx_lab.estimators import advantages  # noqa: E402
 from pgx_lab.estimators import empg  # noqa: E402
 
@@ -245,15 +244,11 @@ def run(size: str, workdir: str) -> Claim:
   axes[-1].set(xlabel="sqrt(1 - sum p^2)", ylabel="RMS |grad log p| (Monte Carlo)",
                title="score-function norm vs entropy")
   fig.tight_layout()
-  plot = os.path.join(workdir, "empg.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "empg_metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"updates_to_solve": {name: {m: ts[i].tolist() for i, m in enumerate(METHODS)}
-                                    for name, (_, ts) in results.items()},
-               "grad_check_max_z": max_z, "grad_check_corr": corr,
-               "seconds": time.time() - t0}, f)
+  plot, metrics = save_artifacts(
+      workdir, fig, {"updates_to_solve": {name: {m: ts[i].tolist() for i, m in enumerate(METHODS)}
+                                          for name, (_, ts) in results.items()},
+                     "grad_check_max_z": max_z, "grad_check_corr": corr,
+                     "seconds": time.time() - t0}, "empg.png", "empg_metrics.json")
 
   d = emp - grpo
   statement = (f"updates to reach success {SOLVE} (Adam): EMPG {_fmt(emp)} vs GRPO {_fmt(grpo)} "

@@ -42,8 +42,6 @@ on every class, and HPT's SFT term on the hard prompts competes with its RL term
 (summed losses, one global grad-norm clip), which slows HPT on copy relative to GRPO.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -55,7 +53,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from experiments.papers import Claim  # noqa: E402
+from experiments.papers import Claim, save_artifacts  # noqa: E402
 from pgx_lab.envs.token_tasks import make_task  # noqa: E402
 from pgx_lab.envs.token_tasks import vocab  # noqa: E402
 from pgx_lab.estimators import hybrid  # noqa: E402
@@ -211,13 +209,10 @@ def run(size: str, workdir: str) -> Claim:
     ax.set_ylabel("exact success probability")
   axes[0].legend()
   fig.tight_layout()
-  plot = os.path.join(workdir, "hpt.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "hpt_metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"curves": curves.tolist(), "sft_fraction": frac.tolist(), "checks":
-               {k: bool(v) for k, v in checks.items()}, "seconds": time.time() - t0}, f)
+  plot, metrics = save_artifacts(
+      workdir, fig, {"curves": curves.tolist(), "sft_fraction": frac.tolist(),
+                     "checks": {k: bool(v) for k, v in checks.items()},
+                     "seconds": time.time() - t0}, "hpt.png", "hpt_metrics.json")
 
   statement = (f"hard (reverse) classes: HPT {_fmt(final['HPT'][0])} vs GRPO "
                f"{_fmt(final['GRPO'][0])} (start {_fmt(start_hard)}); rest (copy): SFT "

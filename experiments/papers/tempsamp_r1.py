@@ -43,7 +43,6 @@ IoU, and there the compressed top makes near-GT rollouts tie with the GT and the
 the remaining differences back up. Nothing was tuned after the first run.
 """
 
-import json
 import os
 
 import jax
@@ -54,7 +53,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.papers import Claim  # noqa: E402
+from experiments.papers import Claim, save_artifacts  # noqa: E402
 from pgx_lab import types  # noqa: E402
 from pgx_lab.estimators import presets  # noqa: E402
 from pgx_lab.estimators import tempsamp  # noqa: E402
@@ -188,12 +187,9 @@ def run(size: str, workdir: str) -> Claim:
   ax.set_xlabel("update")
   ax.set_ylabel("expected IoU")
   ax.legend()
-  plot = os.path.join(workdir, "tempsamp_r1_iou.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "tempsamp_r1.json")
-  with open(metrics, "w") as f:
-    json.dump({"init": init.tolist(), "final": final.tolist(), "ratio": ratio.tolist()}, f)
+  plot, metrics = save_artifacts(
+      workdir, fig, {"init": init.tolist(), "final": final.tolist(), "ratio": ratio.tolist()},
+      "tempsamp_r1_iou.png", "tempsamp_r1.json")
   statement = (f"GRPO IoU gain {gain[:, 0].mean():.3f} (stall < {STALL_MAX}: {bool(stalls)}); "
                f"GRPO+GT gain {gain[:, 1].mean():.3f} (>= {LEARN_MIN}: {bool(learns)}); "
                f"soft/linear update variance {ratio.mean():.3f} ± {ratio.std():.3f} "

@@ -46,7 +46,6 @@ the scalar arm converges in 9/10 seeds, median 20 updates against the span arm's
 paired difference without KL (33.6 ± 84.3) is not beyond two standard errors.
 """
 
-import json
 import os
 
 import jax
@@ -58,7 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from experiments.papers import Claim  # noqa: E402
+from experiments.papers import Claim, save_artifacts  # noqa: E402
 from pgx_lab.estimators import advantages as adv_lib  # noqa: E402
 from pgx_lab.estimators import penalties  # noqa: E402
 from pgx_lab.estimators import reference  # noqa: E402
@@ -206,13 +205,10 @@ def run(size: str, workdir: str) -> Claim:
   ax.set_title(f"Text2Grad toy: span vs scalar reward ({seeds} seeds)")
   ax.legend()
   fig.tight_layout()
-  plot = os.path.join(workdir, "text2grad_success.png")
-  fig.savefig(plot, dpi=100)
-  plt.close(fig)
-  metrics = os.path.join(workdir, "text2grad_metrics.json")
-  with open(metrics, "w") as f:
-    json.dump({"size": size, "seeds": seeds, "updates": num_updates, "solve": SOLVE,
-               "updates_to_converge": utc.tolist(), "arms": [a[0] for a in ARMS],
-               "final_success": succ[:, :, -1].tolist(), "final_beta": beta[:, :, -1].tolist(),
-               "holds": bool(holds)}, f, indent=1)
+  plot, metrics = save_artifacts(
+      workdir, fig, {"size": size, "seeds": seeds, "updates": num_updates, "solve": SOLVE,
+                     "updates_to_converge": utc.tolist(), "arms": [a[0] for a in ARMS],
+                     "final_success": succ[:, :, -1].tolist(),
+                     "final_beta": beta[:, :, -1].tolist(), "holds": bool(holds)},
+      "text2grad_success.png", "text2grad_metrics.json")
   return Claim(holds=holds, statement=statement, table=table, artifacts=(plot, metrics))
