@@ -8,7 +8,7 @@ A size is BxDxL: B sequences (16 prompts x 8 for B = 128) of the `reverse` task 
 steps take one sampled batch (sampled once, outside the timing) to new params and Adam state:
   grpo  `sequences.response_logp` -> `presets.grpo("grpo")` loss -> grad -> clip + Adam (the step of
         `train/loop_tokens.py`);
-  capo  the forward with the LM-head input captured (`experiments.papers.capo.capo_inputs`) ->
+  capo  the forward returning the LM-head input (`experiments.papers.capo.capo_inputs`) ->
         `second_order.capo.capo_mask` (top-50 = all 37 candidates, Adam predictive model, its state
         update) -> the masked GRPO loss -> grad -> clip + Adam.
 The thresholds (tau_F 1e-2, tau_H 0.1) only decide which tokens are kept, not the work done.

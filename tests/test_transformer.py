@@ -197,3 +197,21 @@ def test_bad_input_names_argument():
     tf.decode_step(params, CONFIG, jnp.zeros((2,), jnp.int32), 0, cache, jnp.ones((2, 7)))
   with pytest.raises(ValueError, match="cache"):
     tf.decode_step(params, CONFIG, jnp.zeros((3,), jnp.int32), 0, cache, jnp.ones((3, 8)))
+
+
+def test_apply_with_hidden_matches_apply_and_the_head():
+  cfg = tf.TransformerConfig(vocab_size=11, max_len=8, d_model=16, num_layers=1,
+                                      num_heads=2, value_head=True)
+  params = tf.init_params(jax.random.PRNGKey(0), cfg)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 8), 0, 11)
+  mask = jnp.ones((3, 8), jnp.int32).at[0, :2].set(0)
+  logits, values = tf.apply(params, cfg, tokens, mask)
+  logits_h, values_h, hidden = tf.apply_with_hidden(params, cfg, tokens, mask)
+  np.testing.assert_allclose(logits_h, logits, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(values_h, values, rtol=1e-6, atol=1e-6)
+  assert hidden.shape == (3, 8, 16)
+  # The hidden state is the head's input: the value head is an affine map of it.
+  v = hidden @ params["value"]["kernel"][:, 0] + params["value"]["bias"][0]
+  np.testing.assert_allclose(v, values, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="attention_mask"):
+    tf.apply_with_hidden(params, cfg, tokens, mask[:, :4])

@@ -29,8 +29,8 @@ response tokens of one batch sampled from the pretrained policy at the aggressiv
 The reward curve is the mean exact-match reward of each update's sampled batch. The start is the
 pretrained policy's success rate (`pretrain`'s last measurement, `eval_size` prompts). "Collapse":
 the mean reward over the last 20% of updates is below the start; "keeps rising": above it.
-The last hidden state is read with flax's `capture_intermediates` (the output of `ln_final`,
-the LM-head input), since `models.transformer` does not return it.
+The last hidden state (the output of the final LayerNorm, the LM-head input) comes from
+`models.transformer.apply_with_hidden`.
 """
 
 import os
@@ -81,11 +81,9 @@ def lr_factor(t, updates: int, cosine):
 
 
 def forward(params, model, tokens, attention_mask):
-  """(logits [B, L, V], final hidden state [B, L, D]) via capture_intermediates of `ln_final`."""
-  (logits, _), inter = transformer.TransformerLM(model).apply(
-      {"params": params}, tokens, attention_mask, mutable=["intermediates"],
-      capture_intermediates=lambda mdl, name: mdl.name == "ln_final")
-  return logits, inter["intermediates"]["ln_final"]["__call__"][0]
+  """(logits [B, L, V], final hidden state [B, L, D]) from `transformer.apply_with_hidden`."""
+  logits, _, hidden = transformer.apply_with_hidden(params, model, tokens, attention_mask)
+  return logits, hidden
 
 
 def capo_inputs(params, model, batch, attention_mask):

@@ -130,9 +130,21 @@ class TransformerLM(nn.Module):
     logits, values, _ = self.extend(tokens, attention_mask, 0, None)
     return logits, values
 
+  def with_hidden(self, tokens, attention_mask):
+    """(logits [B,T,V], values [B,T] or None, hidden [B,T,D]): `__call__` plus the last hidden
+    state (after the final LayerNorm), the features of the output head."""
+    if attention_mask is None:
+      attention_mask = jnp.ones(tokens.shape, jnp.int32)
+    logits, values, _, h = self._forward(tokens, attention_mask, 0, None)
+    return logits, values, h
+
   def extend(self, tokens, key_mask, index, cache):
     """Runs tokens [B, T] at slots index..index+T-1; `key_mask` [B, S] marks real slots (S = T
     without a cache, the cache length with one). Returns (logits, values, updated cache)."""
+    return self._forward(tokens, key_mask, index, cache)[:3]
+
+  def _forward(self, tokens, key_mask, index, cache):
+    """`extend`'s pass; returns (logits, values, updated cache, last hidden state [B, T, D])."""
     c = self.config
     real_before = jnp.cumsum(key_mask.astype(jnp.int32), axis=1)  # [B, S]
     slots = index + jnp.arange(tokens.shape[1])
@@ -149,7 +161,7 @@ class TransformerLM(nn.Module):
     logits = self.embed.attend(h) if c.tie_embeddings else self.head(h)
     values = self.value(h)[..., 0] if c.value_head else None
     new_cache = None if cache is None else KVCache(jnp.stack(new_k), jnp.stack(new_v))
-    return logits, values, new_cache
+    return logits, values, new_cache, h
 
 
 def _concrete(x) -> Optional[np.ndarray]:
@@ -216,6 +228,22 @@ def apply(params, config: TransformerConfig, tokens: Array,
   if attention_mask is not None:
     _check_mask("attention_mask", attention_mask, tokens.shape)
   return TransformerLM(config).apply({"params": params}, tokens, attention_mask)
+
+
+def apply_with_hidden(params, config: TransformerConfig, tokens: Array,
+                      attention_mask: Optional[Array] = None
+                      ) -> Tuple[Array, Optional[Array], Array]:
+  """`apply` plus the last hidden state: (logits [B, T, V], values [B, T] or None, hidden [B, T, D]).
+
+  `hidden` is the output of the final LayerNorm, the features the output head (and the value head)
+  read; a value head on a frozen model or CAPO's last-layer model takes it. Arguments as in `apply`.
+  """
+  check_config(config)
+  check_tokens("tokens", tokens, config)
+  if attention_mask is not None:
+    _check_mask("attention_mask", attention_mask, tokens.shape)
+  return TransformerLM(config).apply({"params": params}, tokens, attention_mask,
+                                     method=TransformerLM.with_hidden)
 
 
 def token_logp_and_entropy(params, config: TransformerConfig, tokens: Array,

@@ -7,8 +7,8 @@ the rewards of those outputs are the targets, and an attention-pooling head over
 last-layer prompt hidden states is trained by MSE (AdamW, 10 epochs), keeping the epoch with the
 lowest MSE. Then A_i = R(x_i, y_i) - V_ref(x_i) on the training set, computed once.
 
-`prompt_hidden_states` reads the final-LayerNorm output of `models.transformer.TransformerLM`
-with flax's `capture_intermediates` (transformer.py itself returns only logits and values).
+`prompt_hidden_states` reads the final-LayerNorm output of the frozen model with
+`models.transformer.apply_with_hidden`.
 """
 
 from typing import Any, NamedTuple
@@ -39,11 +39,8 @@ def prompt_hidden_states(params, config: transformer.TransformerConfig, tokens: 
   transformer.check_tokens("tokens", tokens, config)
   validation.check_array("attention_mask", attention_mask, ndim=2, kind="number")
   validation.check_shape("attention_mask", attention_mask, tokens.shape, against="tokens")
-  _, state = transformer.TransformerLM(config).apply(
-      {"params": jax.lax.stop_gradient(params)}, tokens, attention_mask,
-      capture_intermediates=lambda mdl, method: mdl.name == "ln_final",
-      mutable=["intermediates"])
-  return state["intermediates"]["ln_final"]["__call__"][0]
+  return transformer.apply_with_hidden(jax.lax.stop_gradient(params), config, tokens,
+                                       attention_mask)[2]
 
 
 def greedy_value_targets(key: Array, params, config: transformer.TransformerConfig, task: Any,
