@@ -1,35 +1,40 @@
-"""Shared runner of the npg_igt and harpg papers: five policy-gradient methods on the 1-D LQR toy.
+"""Shared runner of the npg_igt and harpg papers: five policy-gradient methods on any toy, and
+the 1-D LQR toy. (`_cartpole_pg` holds the CartPole toy and the driver of both papers.)
 
-Set-up (specs/rl_theory_offline_systems.md Sec. 1(d); Fatkhullin et al., ICML 2023): the LQR of
-`pgx_lab.envs.lqr.harpg_toy_params` (s' = s + a + 0.1 w, r = -(s^2 + 0.1 a^2), H = 20,
-gamma = 0.99, s_0 ~ U[-1, 1]) with the Gaussian linear policy a ~ N(theta s, 0.3^2), theta a
-scalar (the gain K = -theta of `lqr`), started at theta_0 = -0.3 (J_H -4.04; theta* = -0.912,
-J* = -2.406). For theta >= 0 the closed loop s' = (1 + theta) s + ... is unstable over H = 20 and
-the one-trajectory estimates there are so heavy-tailed that their median has the wrong sign, so a
-run that steps there rarely comes back: step sizes too large for that are what the grids rule
-out. The baselines use a constant step alpha (tuned). Methods, all at ONE trajectory
-per gradient sample and counted by trajectories sampled (HARPG/N-HARPG sample two per iteration
-after the first, one at theta_t and a fresh one at the interpolation point):
+Methods (Fatkhullin, Barakat, Kireeva, He, ICML 2023), each counted by the trajectories it samples;
+every gradient sample is the mean over a batch of `batch` trajectories, every Hessian-vector sample
+the mean over `hessian_batch` FRESH trajectories (1 and 1: the theory's one-trajectory regime):
 
-  reinforce  theta += alpha g_R, g_R = (sum_h grad log pi_h) sum_t gamma^t r_t   (constant alpha)
-  gpomdp     theta += alpha g,   g = GPOMDP                                       (constant alpha)
+  reinforce  theta += alpha g_R, g_R = mean_i (sum_h grad log pi_ih) sum_t gamma^t r_it (const.)
+  gpomdp     theta += alpha g,   g = GPOMDP (`score_hessian.gpomdp_surrogate`)          (const.)
   npg_igt    pgx_lab.second_order.igt.npg_igt, g sampled at the extrapolated point
-  harpg      pgx_lab.second_order.harpg.harpg(normalize=False), B from score_hessian_vp
+  harpg      pgx_lab.second_order.harpg.harpg(normalize=False), B from score_hessian_vp at the
+             random interpolation point (batch at t = 0, then batch + hessian_batch per iteration)
   nharpg     harpg(normalize=True)
 
-Honest tuning: each method's step size (alpha, or gamma_0 of the paper schedule) takes every
-value of its 5-point grid (`GRIDS`); the value with the lowest mean final gap on the TUNING seeds
-is kept, and the reported numbers come from separate EVALUATION seeds. The score is exact: the
-finite-horizon J_H(theta) (the objective the rollouts estimate) in float64 closed form, and
-J* = max_theta J_H(theta) found by a dense grid and golden-section refinement. The "final gap"
-is J* - J averaged over the iterates of the last 10% of the trajectory budget (less noisy than
-the last iterate alone). Each method's runs (grid x seeds) are one jitted lax.scan vmapped.
+The batch sizes of the paper's experiments are in env steps in the authors' code (`run_PG.py`:
+`-batch_size` 1000 by default, 5000 in the README's CartPole command; `-hessian_batch_size` 32;
+garage collects whole episodes until it has that many steps): `_cartpole_pg` converts 5000 and 32
+steps to whole trajectories of each toy's horizon.
+
+Honest tuning: each method's step size (alpha, or gamma_0 of the paper schedule) takes every value
+of its grid; the value with the lowest mean final gap on the TUNING seeds is kept, and the reported
+numbers come from separate EVALUATION seeds. "Final gap" is J* - J averaged over the iterates of
+the last 10% of the trajectory budget; slopes are least-squares fits of log10(mean gap) against
+log10(trajectories) over the last decade of the budget. Each method's runs (grid x seeds) are one
+jitted lax.scan, vmapped.
+
+LQR toy (specs/rl_theory_offline_systems.md Sec. 1(d)): `pgx_lab.envs.lqr.harpg_toy_params`
+(s' = s + a + 0.1 w, r = -(s^2 + 0.1 a^2), H = 20, gamma = 0.99, s_0 ~ U[-1, 1]) with the Gaussian
+linear policy a ~ N(theta s, 0.3^2), theta a scalar (K = -theta), started at theta_0 = -0.3; the
+score is exact: J_H(theta) in float64 closed form, J* = max_theta J_H. For theta >= 0 the closed
+loop is unstable over H = 20 and one-trajectory estimates there are heavy-tailed; step sizes too
+large for that are what the grids rule out.
 """
 
 import math
-import os
 import time
-from typing import Dict
+from typing import Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +42,7 @@ import numpy as np
 
 from pgx_lab.envs import lqr
 from pgx_lab.second_order import harpg as harpg_lib
+from pgx_lab.second_order import hvp as hvp_lib
 from pgx_lab.second_order import igt
 from pgx_lab.second_order import score_hessian as sh
 
@@ -44,15 +50,180 @@ SIGMA, THETA0 = 0.3, -0.3
 METHODS = ("reinforce", "gpomdp", "npg_igt", "harpg", "nharpg")
 _UNNORM = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 _NORM = (0.01, 0.03, 0.1, 0.3, 1.0)
-# HARPG's unnormalised step decays as (2/(t+2))^{1/2}, so its grid sits one decade higher (its
-# best value was inside the grid in both ranges tried; the constant-step baselines' too).
+# One-trajectory grids. HARPG's unnormalised step decays as (2/(t+2))^{1/2}, so its grid sits one
+# decade higher (its best value was inside the grid in both ranges tried; the baselines' too).
 GRIDS = {"reinforce": _UNNORM, "gpomdp": _UNNORM, "npg_igt": _NORM,
          "harpg": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "nharpg": _NORM}
+# Batch-mean gradients are ~100x less noisy, so the unnormalised grids sit two decades higher.
+_BATCH = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+BATCH_GRIDS = {"reinforce": _BATCH, "gpomdp": _BATCH, "npg_igt": _NORM, "harpg": _BATCH,
+               "nharpg": _NORM}
 SIZES = {"small": dict(budget=300, tune_seeds=2, eval_seeds=3, grid=(1, 2)),
          "full": dict(budget=20000, tune_seeds=10, eval_seeds=20, grid=(0, 1, 2, 3, 4))}
 
 
-# ------------------------------------------------------------------------------------ the toy
+class Toy(NamedTuple):
+  """A toy for `run_setup`.
+
+  name: title for plots. theta0: [P] float32 start. gamma: discount. grids: method -> step grid.
+  sample(theta [P], key, n) -> (logp_fn, rewards [n, H], mask [n, H] or None): n trajectories at
+    theta; logp_fn(theta') -> [n, H] log-probabilities of their actions under theta'.
+  gap(thetas [..., P] numpy, key) -> numpy [...]: J* - J(theta) (exact or Monte Carlo).
+  """
+  name: str
+  theta0: np.ndarray
+  gamma: float
+  grids: Dict[str, tuple]
+  sample: Callable
+  gap: Callable
+
+
+# ------------------------------------------------------------------------------------ methods
+def _ascent_grad(toy, kind, th, key, n):
+  """Batch-mean REINFORCE or GPOMDP estimate of grad J at th [P] from n fresh trajectories."""
+  logp_fn, rew, mask = toy.sample(th, key, n)
+  m = jnp.ones_like(rew) if mask is None else mask
+  if kind == "reinforce":
+    ret = jnp.sum(rew * m * toy.gamma ** jnp.arange(rew.shape[-1]), -1)              # [n]
+    f = lambda t: jnp.mean(jnp.sum(jnp.where(m > 0, logp_fn(t), 0.0) * m, -1) * ret)
+  else:
+    f = lambda t: sh.gpomdp_surrogate(logp_fn(t), rew, toy.gamma, mask)
+  return jax.grad(f)(th)
+
+
+def make_run(method, toy: Toy, iters: int, batch: int = 1, hessian_batch: int = 1,
+             hessian_terms: str = "both"):
+  """run(step, key) -> iterates [iters, P] of one training run of `method` on `toy` (jittable,
+  vmappable): theta_1 .. theta_iters, i.e. after each iteration. hessian_terms: "both" (the
+  unbiased B v = g <grad log p, v> + hess Phi v) or "hvp" (hess Phi v alone, a biased diagnostic:
+  the authors' code, as read, scales the first term by about -1/(steps in the Hessian batch))."""
+  if method not in METHODS:
+    raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+  if hessian_terms not in ("both", "hvp"):
+    raise ValueError(f"`hessian_terms` must be 'both' or 'hvp', got {hessian_terms!r}.")
+  for name, n in (("iters", iters), ("batch", batch), ("hessian_batch", hessian_batch)):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+      raise ValueError(f"`{name}` must be a positive int, got {n!r}.")
+
+  def run(step, key):
+    th0 = jnp.asarray(toy.theta0, jnp.float32)
+    if method in ("reinforce", "gpomdp"):
+      def body(c, k):
+        th = c + step * _ascent_grad(toy, method, c, k, batch)
+        return th, th
+
+      return jax.lax.scan(body, th0, jax.random.split(key, iters))[1]
+    if method == "npg_igt":
+      tx = igt.npg_igt(lambda t: igt.decaying_step(t, step))
+    else:
+      power = 1.0 if method == "nharpg" else 0.5
+      tx = harpg_lib.harpg(lambda t: igt.decaying_step(t, step, power),
+                           normalize=method == "nharpg")
+    k_init, k_run = jax.random.split(key)
+    state = tx.init(th0)
+    if method != "npg_igt":
+      state = state._replace(key=k_init)
+
+    def body(c, k):
+      th, s = c
+      k_g, k_h = jax.random.split(k)
+      neg_g = lambda q: -_ascent_grad(toy, "gpomdp", q, k_g, batch)
+      if method == "npg_igt":
+        u, s = tx.update(None, s, th, grad_fn=neg_g)
+      else:
+        def hvp_fn(point, v):                 # fresh trajectories at the interpolation point
+          logp_fn, rew, mask = toy.sample(point, k_h, hessian_batch)
+          if hessian_terms == "hvp":
+            phi = lambda q: sh.gpomdp_surrogate(logp_fn(q), rew, toy.gamma, mask)
+            return -hvp_lib.hvp(phi, point, v)
+          return -sh.score_hessian_vp(logp_fn, point, v, rew, toy.gamma, mask)[1]
+        u, s = tx.update(neg_g(th), s, th, hvp_fn=hvp_fn)
+      th = th + u
+      return (th, s), th
+
+    return jax.lax.scan(body, (th0, state), jax.random.split(k_run, iters))[1]
+
+  return run
+
+
+def iterations(method, budget, batch=1, hessian_batch=1) -> int:
+  """Iterations that fit in `budget` trajectories (for (N)-HARPG: batch at t = 0, then
+  batch + hessian_batch per iteration)."""
+  if method in ("harpg", "nharpg"):
+    return 1 + (budget - batch) // (batch + hessian_batch)
+  return budget // batch
+
+
+def traj_counts(method, iters, batch=1, hessian_batch=1) -> np.ndarray:
+  """Trajectories sampled after each iteration [iters]: batch (t+1), plus hessian_batch t for
+  (N)-HARPG (no Hessian sample at t = 0); 2t+1 for one trajectory of each."""
+  t = np.arange(iters)
+  extra = hessian_batch * t if method in ("harpg", "nharpg") else 0
+  return batch * (t + 1) + extra
+
+
+# ------------------------------------------------------------------------------------ driver
+def run_setup(toy: Toy, cfg: Dict, methods=METHODS) -> Dict:
+  """Runs `methods` on `toy` with cfg {budget, batch, hessian_batch, hessian_terms, tune_seeds,
+  eval_seeds, grid (indices into toy.grids[m]), tail_points (None: every tail iterate)};
+  returns {"curves" [eval, checkpoints], "final" [eval], "steps", "slopes", "grids", "seconds",
+  "checkpoints", "cfg", "toy"}."""
+  n_seeds, budget = cfg["tune_seeds"] + cfg["eval_seeds"], cfg["budget"]
+  batch, hb = cfg.get("batch", 1), cfg.get("hessian_batch", 1)
+  checkpoints = np.unique(np.round(np.geomspace(max(10, batch), budget, 25)).astype(int))
+  out = {"curves": {}, "final": {}, "steps": {}, "slopes": {}, "grids": {}, "seconds": {}}
+  for method in methods:
+    t0 = time.perf_counter()
+    grid = np.array([toy.grids[method][i] for i in cfg["grid"]], np.float32)
+    iters = iterations(method, budget, batch, hb)
+    run = make_run(method, toy, iters, batch, hb, cfg.get("hessian_terms", "both"))
+    seeds = jax.random.split(jax.random.PRNGKey(0), n_seeds)
+    ths = np.asarray(jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))(grid, seeds),
+                     np.float64)                                                 # [G, S, T, P]
+    counts = traj_counts(method, iters, batch, hb)
+    tail = np.nonzero(counts > 0.9 * budget)[0]
+    if cfg.get("tail_points") and tail.size > cfg["tail_points"]:
+      tail = tail[np.round(np.linspace(0, tail.size - 1, cfg["tail_points"])).astype(int)]
+    ck = np.searchsorted(counts, checkpoints, side="right") - 1
+    need, inv = np.unique(np.concatenate([ck, tail]), return_inverse=True)
+    gap = toy.gap(ths[:, :, need], jax.random.PRNGKey(1))                        # [G, S, K]
+    gap = np.where(np.isfinite(gap), gap, 1e12)           # a run that blew up scores terribly
+    final = gap[:, :, inv[ck.size:]].mean(-1)                                    # [G, S]
+    best = int(np.argmin(final[:, :cfg["tune_seeds"]].mean(1)))
+    curve = gap[best, cfg["tune_seeds"]:][:, inv[:ck.size]]                     # [E, C]
+    out["curves"][method] = curve
+    out["final"][method] = final[best, cfg["tune_seeds"]:]
+    out["steps"][method] = float(grid[best])
+    out["grids"][method] = [float(x) for x in grid]
+    fit = checkpoints >= budget / 10
+    out["slopes"][method] = float(np.polyfit(np.log10(checkpoints[fit]),
+                                             np.log10(np.maximum(curve.mean(0)[fit], 1e-12)), 1)[0])
+    out["seconds"][method] = time.perf_counter() - t0
+  out.update(checkpoints=checkpoints, cfg=dict(cfg), toy=toy.name)
+  return out
+
+
+def markdown_table(out) -> str:
+  """Per method: step grid, tuned step, final J*-J mean ± std over evaluation seeds, median,
+  fitted slope, seconds."""
+  n = next(iter(out["final"].values())).size
+  rows = [f"| method | step grid | chosen step | final J*-J (mean ± std, {n} eval seeds) | "
+          "median | log-log slope | seconds |", "|---|---|---|---|---|---|---|"]
+  for m in out["final"]:
+    f = out["final"][m]
+    rows.append(f"| {m} | {', '.join(f'{x:g}' for x in out['grids'][m])} | {out['steps'][m]:g} | "
+                f"{f.mean():.3g} ± {f.std():.2g} | {np.median(f):.3g} | {out['slopes'][m]:.2f} | "
+                f"{out['seconds'][m]:.1f} |")
+  return "\n".join(rows)
+
+
+def fmt(out, method) -> str:
+  """'mean ± std' of `method`'s final gap over evaluation seeds."""
+  f = out["final"][method]
+  return f"{f.mean():.3g} ± {f.std():.2g}"
+
+
+# ------------------------------------------------------------------------------------ LQR toy
 def rollout(key, theta, p):
   """One trajectory of the toy under a ~ N(theta s, SIGMA^2) with the dynamics of
   `lqr.LQR.step` (1-D: clip(A s + B a + sqrt(W) w)). theta [1]. Returns xs, us [H, 1], r [H]."""
@@ -73,7 +244,8 @@ def rollout(key, theta, p):
 
 
 def _logp_fn(xs, us):
-  """theta [1] -> [H] log pi(u_h|x_h) through `lqr.policy_logp` (K = -theta)."""
+  """theta [1] -> [..., H] log pi(u_h|x_h) through `lqr.policy_logp` (K = -theta); xs, us
+  [..., H, 1]."""
   log_sigma = jnp.log(jnp.float32(SIGMA))
   return lambda th: lqr.policy_logp(-th.reshape(1, 1), log_sigma, xs, us)
 
@@ -108,172 +280,41 @@ def optimum(p):
   return th, float(exact_j(th, p))
 
 
-# ------------------------------------------------------------------------------------ methods
-def _gpomdp(th, key, p):
-  xs, us, rew = rollout(key, th, p)
-  return jax.grad(lambda t: sh.gpomdp_surrogate(_logp_fn(xs, us)(t), rew, p.gamma))(th)
+def lqr_toy(p=None, grids=None) -> Toy:
+  """The LQR toy as a `Toy` (exact gap); p defaults to `lqr.harpg_toy_params()`, grids to GRIDS.
+  One trajectory uses `key` itself (as the one-trajectory runs always did), n > 1 split(key, n)."""
+  p = lqr.harpg_toy_params() if p is None else p
+  j_star = optimum(p)[1]
 
+  def sample(theta, key, n):
+    if n == 1:
+      xs, us, rew = (x[None] for x in rollout(key, theta, p))
+    else:
+      xs, us, rew = jax.vmap(rollout, (0, None, None))(jax.random.split(key, n), theta, p)
+    return _logp_fn(xs, us), rew, None
 
-def _reinforce(th, key, p):
-  xs, us, rew = rollout(key, th, p)
-  ret = jnp.sum(rew * p.gamma ** jnp.arange(p.horizon))
-  return jax.grad(lambda t: jnp.sum(_logp_fn(xs, us)(t)) * ret)(th)
+  def gap(thetas, key):
+    del key
+    th = np.where(np.isfinite(thetas[..., 0]), thetas[..., 0], 1e3)
+    return j_star - exact_j(th, p)
+
+  return Toy("1-D LQR, Gaussian linear policy", np.array([THETA0], np.float32), float(p.gamma),
+             dict(GRIDS if grids is None else grids), sample, gap)
 
 
 def _make_run(method, p, iters):
-  """run(step, key) -> thetas [iters] of one training run of `method` (jittable, vmappable)."""
-
-  def run(step, key):
-    th0 = jnp.full((1,), THETA0, jnp.float32)
-    if method in ("reinforce", "gpomdp"):
-      est = _reinforce if method == "reinforce" else _gpomdp
-
-      def body(c, k):
-        th = c + step * est(c, k, p)
-        return th, th[0]
-
-      _, ths = jax.lax.scan(body, th0, jax.random.split(key, iters))
-      return ths
-    if method == "npg_igt":
-      tx = igt.npg_igt(lambda t: igt.decaying_step(t, step))
-    else:
-      power = 1.0 if method == "nharpg" else 0.5
-      tx = harpg_lib.harpg(lambda t: igt.decaying_step(t, step, power),
-                           normalize=method == "nharpg")
-    k_init, k_run = jax.random.split(key)
-    state = tx.init(th0)
-    if method != "npg_igt":
-      state = state._replace(key=k_init)
-
-    def body(c, k):
-      th, s = c
-      k_g, k_h = jax.random.split(k)
-      if method == "npg_igt":
-        u, s = tx.update(None, s, th, grad_fn=lambda q: -_gpomdp(q, k_g, p))
-      else:
-        def hvp_fn(point, v):
-          xs, us, rew = rollout(k_h, point, p)               # fresh trajectory at theta^_t
-          return jax.tree.map(jnp.negative,
-                              sh.score_hessian_vp(_logp_fn(xs, us), point, v, rew, p.gamma)[1])
-        u, s = tx.update(-_gpomdp(th, k_g, p), s, th, hvp_fn=hvp_fn)
-      th = th + u
-      return (th, s), th[0]
-
-    _, ths = jax.lax.scan(body, (th0, state), jax.random.split(k_run, iters))
-    return ths
-
-  return run
+  """run(step, key) -> scalar thetas [iters] of one ONE-trajectory run of `method` on the LQR toy
+  (the form notebooks/04_second_order_pg.ipynb uses)."""
+  run = make_run(method, lqr_toy(p), iters)
+  return lambda step, key: run(step, key)[:, 0]
 
 
-def traj_counts(method, iters):
-  """Trajectories sampled after each iteration: t+1, or 2t+1 for (N)-HARPG (none for B at t=0)."""
-  t = np.arange(iters)
-  return 2 * t + 1 if method in ("harpg", "nharpg") else t + 1
-
-
-# ------------------------------------------------------------------------------------ driver
-def run_all(size: str, workdir: str, methods=METHODS) -> Dict:
-  """Runs `methods` at `size`; returns {"curves", "final", "steps", "slopes", "checkpoints",
-  "jstar", "theta_star", "seconds", "grids", "check"} (see `markdown_table`) and writes a log-log
-  plot to `<workdir>/lqr_pg.png`."""
-  if size not in SIZES:
-    raise ValueError(f"`size` must be one of {tuple(SIZES)}, got {size!r}.")
-  cfg, p = SIZES[size], lqr.harpg_toy_params()
-  th_star, j_star = optimum(p)
-  # A check of the toy: the rollouts' mean return at theta_0 matches the exact J_H.
-  keys = jax.random.split(jax.random.PRNGKey(123), 4000)
+def toy_check(p=None, n=4000):
+  """(mean, standard error) of the discounted return of n rollouts at theta_0, and the exact
+  J_H(theta_0): a check that the rollouts and the closed form describe the same toy."""
+  p = lqr.harpg_toy_params() if p is None else p
+  keys = jax.random.split(jax.random.PRNGKey(123), n)
   disc = p.gamma ** jnp.arange(p.horizon)
   rets = np.asarray(jax.jit(jax.vmap(lambda k: jnp.sum(
       rollout(k, jnp.array([THETA0]), p)[2] * disc)))(keys), np.float64)
-  j0 = float(exact_j(THETA0, p))
-  check = (rets.mean(), rets.std() / math.sqrt(rets.size), j0)
-  n_seeds = cfg["tune_seeds"] + cfg["eval_seeds"]
-  budget = cfg["budget"]
-  checkpoints = np.unique(np.round(np.geomspace(10, budget, 25)).astype(int))
-  out = {"curves": {}, "final": {}, "steps": {}, "slopes": {}, "grids": {}, "seconds": {}}
-  for method in methods:
-    t0 = time.perf_counter()
-    grid = np.array([GRIDS[method][i] for i in cfg["grid"]], np.float32)
-    iters = budget if method not in ("harpg", "nharpg") else (budget + 1) // 2
-    run = _make_run(method, p, iters)
-    seeds = jax.random.split(jax.random.PRNGKey(0), n_seeds)
-    ths = jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))(grid, seeds)   # [G, S, T]
-    ths = np.asarray(ths, np.float64)
-    gap = j_star - exact_j(np.where(np.isfinite(ths), ths, 1e3), p)             # [G, S, T]
-    gap = np.where(np.isfinite(gap), gap, 1e12)
-    counts = traj_counts(method, iters)
-    tail = counts > 0.9 * budget
-    final = gap[:, :, tail].mean(-1)                                            # [G, S]
-    best = int(np.argmin(final[:, :cfg["tune_seeds"]].mean(1)))
-    ev = slice(cfg["tune_seeds"], None)
-    idx = np.searchsorted(counts, checkpoints, side="right") - 1
-    curve = gap[best, ev][:, idx]                                               # [E, C]
-    out["curves"][method] = curve
-    out["final"][method] = final[best, ev]
-    out["steps"][method] = float(grid[best])
-    out["grids"][method] = [float(x) for x in grid]
-    fit = checkpoints >= budget / 10
-    out["slopes"][method] = float(np.polyfit(np.log10(checkpoints[fit]),
-                                             np.log10(curve.mean(0)[fit]), 1)[0])
-    out["seconds"][method] = time.perf_counter() - t0
-  out.update(checkpoints=checkpoints, jstar=j_star, theta_star=th_star, check=check)
-  out["plot"] = _plot(out, os.path.join(workdir, "lqr_pg.png"))
-  return out
-
-
-def _plot(out, path):
-  """Log-log plot of mean (over evaluation seeds) J* - J against trajectories; returns path."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for m, curve in out["curves"].items():
-    ax.loglog(out["checkpoints"], curve.mean(0),
-              label=f"{m} (step {out['steps'][m]:g}, slope {out['slopes'][m]:.2f})")
-  ax.set_xlabel("trajectories sampled")
-  ax.set_ylabel("J* - J (exact, mean over eval seeds)")
-  ax.set_title("1-D LQR, Gaussian linear policy")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
-
-
-def markdown_table(out) -> str:
-  """Per method: tuned step, final J*-J mean +- std over evaluation seeds, fitted slope."""
-  n = next(iter(out["final"].values())).size
-  rows = [f"| method | step grid | chosen step | final J*-J (mean ± std, {n} eval seeds) | "
-          "median | log-log slope | seconds |", "|---|---|---|---|---|---|---|"]
-  for m in out["final"]:
-    f = out["final"][m]
-    rows.append(f"| {m} | {', '.join(f'{x:g}' for x in out['grids'][m])} | {out['steps'][m]:g} | "
-                f"{f.mean():.3g} ± {f.std():.2g} | {np.median(f):.3g} | {out['slopes'][m]:.2f} | "
-                f"{out['seconds'][m]:.1f} |")
-  mean, se, j0 = out["check"]
-  rows.append(f"\nJ* = {out['jstar']:.5f} at theta* = {out['theta_star']:.4f} (H = 20). "
-              f"Toy check at theta_0: rollout mean return {mean:.3f} ± {se:.3f} (4000 rollouts) "
-              f"vs exact J_H {j0:.3f}.")
-  return "\n".join(rows)
-
-
-def write_metrics(out, path) -> str:
-  """Writes the numbers of `run_all`'s result as JSON to `path`; returns path."""
-  import json  # pylint: disable=import-outside-toplevel
-  data = {
-      "jstar": out["jstar"], "theta_star": out["theta_star"], "grids": out["grids"],
-      "chosen_step": out["steps"], "slope": out["slopes"],
-      "final_gap": {m: [float(x) for x in v] for m, v in out["final"].items()},
-      "checkpoints": [int(c) for c in out["checkpoints"]],
-      "mean_gap_curve": {m: [float(x) for x in v.mean(0)] for m, v in out["curves"].items()},
-  }
-  with open(path, "w") as f:
-    json.dump(data, f, indent=1)
-  return path
-
-
-def fmt(out, method) -> str:
-  """'mean ± std' of `method`'s final gap over evaluation seeds."""
-  f = out["final"][method]
-  return f"{f.mean():.3g} ± {f.std():.2g}"
+  return rets.mean(), rets.std() / math.sqrt(n), float(exact_j(THETA0, p))

@@ -1,37 +1,60 @@
-"""N-HARPG (Fatkhullin, Barakat, Kireeva, He, ICML 2023, Alg. 2) against N-PG-IGT, on LQR.
+"""N-HARPG (Fatkhullin, Barakat, Kireeva, He, ICML 2023, Alg. 2) against N-PG-IGT.
 
 Claim (PAPERS.md, harpg): same set-up as npg_igt; N-HARPG below N-PG-IGT; fitted log-log slopes of
-J* - J against trajectories reported for all methods. Measured on the 1-D toy of the spec
-(experiments/papers/_lqr_pg.py: N-HARPG samples two trajectories per iteration, one at theta_t and
-a fresh one at the random interpolation point for the score-function Hessian, and is charged for
-both; every method's step size is tuned on a 5-point grid on separate tuning seeds; exact J).
-The claim holds when the mean (over evaluation seeds) final gap of N-HARPG is below N-PG-IGT's.
-Slopes: least-squares fit of log10(mean gap) against log10(trajectories) over the last decade of
-the budget. Sizes as in npg_igt.
+J* - J against trajectories reported for all methods. Measured on the two toys of npg_igt
+(experiments/papers/_lqr_pg.py, _cartpole_pg.py) with the paper experiments' batches: 5000 env
+steps per gradient and 32 env steps for the Hessian sample (the authors' `run_PG.py`), i.e.
+250 + 2 trajectories per iteration on the LQR and 25 + 1 on CartPole; N-HARPG is charged for both
+its samples, every step size is tuned on a 5-point grid on separate tuning seeds.
+
+Rule (fixed before the runs): the claim holds when, on the LQR AND on CartPole (both with the
+paper's batches), the mean over evaluation seeds of N-HARPG's final gap (J* - J averaged over the
+last 10% of the budget) is below N-PG-IGT's. `full` also re-runs the earlier one-trajectory LQR
+comparison (reported with its own verdict, not part of the rule) and two diagnostics of the
+Hessian sample (not part of the rule either): N-HARPG with a Hessian batch as large as the
+gradient batch (charged in full), and N-HARPG with the paper's Hessian batch but the
+Hessian-vector product of the GPOMDP surrogate alone (biased; the authors' code, as read in
+`STORMHess_optimizer.step` and `stormhess.py`, forms the score term from the MEAN over steps of
+the log-probabilities with the opposite sign, about -1/(steps in the Hessian batch) of the
+unbiased term). Slopes: least-squares fit of
+log10(mean gap) against log10(trajectories) over the last decade of the budget. `small` (tests):
+a few iterations of the two batched setups, three methods.
 """
 
-import os
-
 from experiments.papers import Claim
-from experiments.papers import _lqr_pg
+from experiments.papers import _cartpole_pg as toys
+from experiments.papers import _lqr_pg as base
+
+_RULE_SETUPS = ("lqr_batch", "cartpole")
+_NAMES = {"nharpg": "N-HARPG", "npg_igt": "N-PG-IGT", "harpg": "HARPG", "gpomdp": "GPOMDP",
+          "reinforce": "REINFORCE"}
+
+
+def verdict(out) -> bool:
+  """N-HARPG's mean final gap below N-PG-IGT's in one setup's result."""
+  return bool(out["final"]["nharpg"].mean() < out["final"]["npg_igt"].mean())
+
+
+def _part(name, out) -> str:
+  sl = ", ".join(f"{_NAMES[m]} {out['slopes'][m]:.2f}" for m in _NAMES if m in out["slopes"])
+  return (f"{name}: N-HARPG {base.fmt(out, 'nharpg')} {'<' if verdict(out) else 'not <'} "
+          f"N-PG-IGT {base.fmt(out, 'npg_igt')} (slopes {sl})")
 
 
 def run(size: str, workdir: str) -> Claim:
-  """Runs the LQR comparison at `size` ("small" or "full") into `workdir`; returns the Claim."""
-  # small (tests) runs only the methods the claim compares; full runs all five.
-  methods = ("gpomdp", "npg_igt", "nharpg") if size == "small" else _lqr_pg.METHODS
-  out = _lqr_pg.run_all(size, workdir, methods)
-  fin = {m: out["final"][m].mean() for m in out["final"]}
-  holds = bool(fin["nharpg"] < fin["npg_igt"])
-  budget = _lqr_pg.SIZES[size]["budget"]
-  n = out["final"]["nharpg"].size
-  sl = out["slopes"]
-  names = {"nharpg": "N-HARPG", "npg_igt": "N-PG-IGT", "harpg": "HARPG", "gpomdp": "GPOMDP",
-           "reinforce": "REINFORCE"}
-  slopes = ", ".join(f"{names[m]} {sl[m]:.2f}" for m in names if m in sl)
-  statement = (f"N-HARPG J*-J {_lqr_pg.fmt(out, 'nharpg')} {'<' if holds else 'not <'} "
-               f"N-PG-IGT {_lqr_pg.fmt(out, 'npg_igt')} (1-D LQR, {budget} trajectories, {n} eval "
-               f"seeds); log-log slopes: {slopes}")
-  metrics = _lqr_pg.write_metrics(out, os.path.join(workdir, "harpg_metrics.json"))
-  return Claim(holds=holds, statement=statement, table=_lqr_pg.markdown_table(out),
-               artifacts=(out["plot"], metrics))
+  """Runs both toys at `size` ("small" or "full") into `workdir`; returns the Claim."""
+  methods = ("gpomdp", "npg_igt", "nharpg") if size == "small" else base.METHODS
+  outs = toys.run_toys(size, methods, diagnostics=tuple(toys.DIAGNOSTICS))
+  holds = all(verdict(outs[s]) for s in _RULE_SETUPS)
+  statement = "; ".join(_part(s, outs[s]) for s in _RULE_SETUPS)
+  statement += " (final J*-J over eval seeds; paper batches, tuned steps)"
+  if "lqr_single" in outs:
+    statement += f"; not in the rule, one-trajectory {_part('LQR', outs['lqr_single'])}"
+  for suffix, what in (("_hb", "Hessian batch = gradient batch"),
+                       ("_hvp", "surrogate HVP only (biased)")):
+    diag = [f"{s[:-len(suffix)]} {base.fmt(outs[s], 'nharpg')}" for s in toys.DIAGNOSTICS
+            if s in outs and s.endswith(suffix)]
+    if diag:
+      statement += f"; diagnostic, N-HARPG with {what}: {', '.join(diag)}"
+  artifacts = toys.save(outs, workdir, "harpg_metrics.json")
+  return Claim(holds=holds, statement=statement, table=toys.tables(outs), artifacts=artifacts)

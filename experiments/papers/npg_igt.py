@@ -1,32 +1,49 @@
 """N-PG-IGT (Fatkhullin, Barakat, Kireeva, He, ICML 2023, Alg. 1) against REINFORCE and GPOMDP.
 
 Claim (PAPERS.md, npg_igt): on LQR with a Gaussian linear policy, at equal trajectories, J* - J of
-N-PG-IGT is below REINFORCE/GPOMDP. Measured on the 1-D toy of the spec (experiments/papers/
-_lqr_pg.py: one trajectory per iteration, each method's step size tuned on a 5-point grid on
-separate tuning seeds, exact J). The claim holds when the mean (over evaluation seeds) final gap
-of N-PG-IGT is below both baselines'. `small` (tests): 300 trajectories, the 2 middle points of
-each grid, 2 tuning + 3 evaluation seeds, only the three methods compared; `full`: 20000
-trajectories, 5-point grids, 10 tuning + 20 evaluation seeds, all five methods of _lqr_pg.
+N-PG-IGT is below REINFORCE/GPOMDP; issue 8 adds CartPole. Measured on two toys
+(experiments/papers/_lqr_pg.py, _cartpole_pg.py): the 1-D LQR of the spec (exact J) and gymnax
+CartPole-v1 cut at 200 steps with a linear softmax policy (Monte Carlo J), each with the paper
+experiments' batches (5000 env steps per gradient: 250 LQR / 25 CartPole trajectories), every
+method charged every trajectory it samples, every step size tuned on a 5-point grid on tuning
+seeds separate from the evaluation seeds.
+
+Rule (fixed before the runs): the claim holds when, on the LQR AND on CartPole (both with the
+paper's batches), the mean over evaluation seeds of N-PG-IGT's final gap (J* - J averaged over the
+last 10% of the budget) is below both REINFORCE's and GPOMDP's. `full` also re-runs the earlier
+one-trajectory LQR comparison (the theory's regime); it is reported, with its own verdict, but is
+not part of the rule. `small` (tests): a few iterations of the two batched setups, three methods.
 """
 
-import os
-
 from experiments.papers import Claim
-from experiments.papers import _lqr_pg
+from experiments.papers import _cartpole_pg as toys
+from experiments.papers import _lqr_pg as base
+
+_RULE_SETUPS = ("lqr_batch", "cartpole")
+
+
+def verdict(out) -> bool:
+  """N-PG-IGT's mean final gap below REINFORCE's and GPOMDP's in one setup's result."""
+  fin = {m: out["final"][m].mean() for m in out["final"]}
+  return bool(fin["npg_igt"] < fin["reinforce"] and fin["npg_igt"] < fin["gpomdp"])
+
+
+def _part(name, out) -> str:
+  ok = verdict(out)
+  return (f"{name}: N-PG-IGT {base.fmt(out, 'npg_igt')} {'<' if ok else 'not <'} REINFORCE "
+          f"{base.fmt(out, 'reinforce')} / GPOMDP {base.fmt(out, 'gpomdp')}")
 
 
 def run(size: str, workdir: str) -> Claim:
-  """Runs the LQR comparison at `size` ("small" or "full") into `workdir`; returns the Claim."""
-  # small (tests) runs only the methods the claim compares; full runs all five.
-  methods = ("reinforce", "gpomdp", "npg_igt") if size == "small" else _lqr_pg.METHODS
-  out = _lqr_pg.run_all(size, workdir, methods)
-  fin = {m: out["final"][m].mean() for m in out["final"]}
-  holds = bool(fin["npg_igt"] < fin["reinforce"] and fin["npg_igt"] < fin["gpomdp"])
-  budget = _lqr_pg.SIZES[size]["budget"]
-  n = out["final"]["npg_igt"].size
-  statement = (f"N-PG-IGT J*-J {_lqr_pg.fmt(out, 'npg_igt')} {'<' if holds else 'not <'} "
-               f"REINFORCE {_lqr_pg.fmt(out, 'reinforce')} / GPOMDP {_lqr_pg.fmt(out, 'gpomdp')} "
-               f"(1-D LQR, {budget} trajectories, {n} eval seeds, tuned steps)")
-  metrics = _lqr_pg.write_metrics(out, os.path.join(workdir, "npg_igt_metrics.json"))
-  return Claim(holds=holds, statement=statement, table=_lqr_pg.markdown_table(out),
-               artifacts=(out["plot"], metrics))
+  """Runs both toys at `size` ("small" or "full") into `workdir`; returns the Claim."""
+  methods = ("reinforce", "gpomdp", "npg_igt") if size == "small" else base.METHODS
+  outs = toys.run_toys(size, methods)
+  holds = all(verdict(outs[s]) for s in _RULE_SETUPS)
+  n = outs["cartpole"]["final"]["npg_igt"].size
+  statement = "; ".join(_part(s, outs[s]) for s in _RULE_SETUPS)
+  statement += f" (final J*-J, eval seeds: LQR {outs['lqr_batch']['final']['npg_igt'].size}, " \
+               f"CartPole {n}; paper batches, tuned steps)"
+  if "lqr_single" in outs:
+    statement += f"; not in the rule, one-trajectory {_part('LQR', outs['lqr_single'])}"
+  artifacts = toys.save(outs, workdir, "npg_igt_metrics.json")
+  return Claim(holds=holds, statement=statement, table=toys.tables(outs), artifacts=artifacts)
