@@ -142,7 +142,9 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
   contiguous; a GT row takes the id of its group's first row).
 
   Args:
-    tokens: [B, T] int sampled tokens, B = n * group_size.
+    tokens: [B, T] int sampled tokens, B = n * group_size, aligned with `mask` (for a batch of
+      `rollout.sequences.sample_groups`, whose `tokens` are prompt + response, pass the response
+      part `extras["response"]` and re-attach the prompts after injection).
     mask: [B, T] response masks.
     rewards: [B] float rewards of the samples (e.g. IoU).
     group_ids: [B] int group ids, constant inside each contiguous block.
