@@ -7,6 +7,7 @@ from pgx_lab.estimators import empg
 from pgx_lab.estimators import hybrid
 from pgx_lab.estimators import likelihood
 from pgx_lab.estimators import masks
+from pgx_lab.estimators import nlpo
 from pgx_lab.estimators import offline
 from pgx_lab.estimators import offline_parts
 from pgx_lab.estimators import one_token_rollout
