@@ -19,6 +19,10 @@ Cases, per model (every function jitted; rollouts excluded, the same batch is re
   harpg        one N-HARPG iteration: the loss gradient at theta_t, the score-function Hessian
                product B v (score_hessian_vp) at the interpolation point on the same batch (a real
                run samples a fresh batch there), the harpg transform, apply (t >= 1 branch)
+Beside the timed HVP / grad ratio, XLA's flop counts of the two compiled functions
+(`cost_analysis`): a machine-independent figure. Forward-over-reverse costs about 3x a gradient's
+flops on a matmul-bound model (the tangent of each matmul in the forward and backward passes is
+two matmuls), so a timed ratio under 2 is reached only where the step is bound by overheads.
 Reported ratios (hvp / grad, harpg / reinforce) are medians over rounds of the per-round ratio of
 the two functions timed in the same round (`benchmarks.estimators.time_round_robin`), so drift of
 a shared machine cancels. Goals (issue 8): HVP under 2x a gradient; HARPG under 2.5x REINFORCE.
@@ -107,6 +111,13 @@ def functions(params, logp_fn, rewards, seed=0):
   }
 
 
+def flops(fn, args) -> float:
+  """XLA's flop count of the compiled `fn(*args)` (its cost analysis; 0 if it gives none)."""
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
 def bench(name, problem, repeats, min_sample_s):
   """Times the four cases of one model; returns a result row (ms and paired ratios)."""
   fns = functions(*problem)
@@ -115,7 +126,9 @@ def bench(name, problem, repeats, min_sample_s):
   _, times, first, inner = time_round_robin(wrapped, (), repeats, min_sample_s)
   paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
   n_params = sum(x.size for x in jax.tree.leaves(problem[0]))
+  grad_flops = flops(*fns["grad"])
   row = {"model": name, "params": int(n_params),
+         "hvp_over_grad_flops": flops(*fns["hvp"]) / grad_flops if grad_flops else float("nan"),
          **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()},
          "hvp_over_grad": paired("hvp", "grad"),
          "score_hvp_over_grad": paired("score_hvp", "grad"),
@@ -130,12 +143,13 @@ def bench(name, problem, repeats, min_sample_s):
 
 def markdown_table(rows):
   """The rows as a markdown table."""
-  out = ["| model | params | grad ms | HVP ms | HVP/grad (goal < 2) | (g, Bv)/grad | "
-         "REINFORCE ms | "
-         "N-HARPG ms | HARPG/REINFORCE (goal < 2.5) |", "|---|---|---|---|---|---|---|---|---|"]
+  out = ["| model | params | grad ms | HVP ms | HVP/grad (goal < 2) | HVP/grad in XLA flops | "
+         "(g, Bv)/grad | REINFORCE ms | "
+         "N-HARPG ms | HARPG/REINFORCE (goal < 2.5) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     out.append(f"| {r['model']} | {r['params']} | {r['grad_ms']:.3f} | {r['hvp_ms']:.3f} | "
-               f"{r['hvp_over_grad']:.2f} | {r['score_hvp_over_grad']:.2f} | "
+               f"{r['hvp_over_grad']:.2f} | {r['hvp_over_grad_flops']:.2f} | "
+               f"{r['score_hvp_over_grad']:.2f} | "
                f"{r['reinforce_ms']:.3f} | {r['harpg_ms']:.3f} | "
                f"{r['harpg_over_reinforce']:.2f} |")
   return "\n".join(out)

@@ -61,3 +61,14 @@ def test_ppo_benchmark_shim_returns_purejaxrl_five_values():
   full = env.step(key, state, 0, params)
   assert bool(out[3]) == bool(full[3] | full[4])
   assert shim.num_actions == env.num_actions
+
+
+def test_second_order_benchmark_runs_and_counts_flops(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from benchmarks import second_order  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "so.json"
+  second_order.main(["--repeats=1", "--min-sample-ms=1", "--models=mlp", f"--out={out}"])
+  row = json.loads(out.read_text())["rows"][0]
+  # Forward-over-reverse: more flops than one gradient, fewer than four.
+  assert 1.5 < row["hvp_over_grad_flops"] < 4.0
+  assert row["hvp_ms"] > 0 and row["harpg_ms"] > 0
