@@ -15,7 +15,14 @@ Policies, both exposing `init(key)`, `logits(params, target, pos, running_sum, t
     arXiv 2405.00451), whose parameters are shared across all prefixes.
 `step_model(task, policy)` joins a policy and the task into `step_search`'s `StepModel`; its
 params are (policy params, (successes, counts)) where the second part is the learned
-self-evaluation table V[g, depth, running sum] (see mcts_dpo.py).
+self-evaluation table V[g, depth, running sum] (see mcts_dpo.py). Node values follow the authors'
+code (YuxiXie/MCTS-DPO `mcts_rl/algorithms/mcts/mcts/search_config.py`, `get_values`): the value
+of a non-terminal node is the self-evaluation confidence c in [0, 1]; a finished response scores
+c + 1 when correct and c - 1 when wrong (`score += eval_correct_score`, +-1), so a wrong answer
+ranks below every partial response and a right one above. These values in [-1, 2] are mapped
+into [0, 1] by v -> (v + 1) / 3 for `step_search` (mctx's min-max bounds are [0, 1]): with
+`reward_alpha` = 2/3, `step_search`'s terminal value alpha * outcome + (1 - alpha) * self_eval is
+exactly (c + 2 outcome) / 3 when `self_eval` returns c at terminal nodes and (c + 1) / 3 elsewhere.
 """
 
 import itertools
@@ -186,8 +193,24 @@ class MLPPolicy(_Policy):
     return jnp.mean(jnp.sum(jnp.exp(self.response_logp(params)) * hit, axis=-1))
 
 
+def initial_accuracy(policy, keys):
+  """[seeds] exact accuracy of `policy.init(fold_in(key, 7))` for each key of `keys` [seeds].
+
+  Init and accuracy run as two jits on purpose: in one program the zero-initialised output layer
+  is a compile-time constant, and about one compilation in 15 to 20 then returns NaN for every
+  seed (XLA CPU, jax 0.10.2, reproduced in isolation; a given executable is always right or
+  always NaN). With the parameters passed in as an argument: no NaN in 60 compilations.
+  """
+  theta = jax.jit(jax.vmap(lambda k: policy.init(jax.random.fold_in(k, 7))))(keys)
+  return jax.jit(jax.vmap(policy.accuracy))(theta)
+
+
 def step_model(task: Task, policy) -> StepModel:
-  """The `StepModel` for `step_search`; its params are (policy params, (successes, counts))."""
+  """The `StepModel` for `step_search`; its params are (policy params, (successes, counts)).
+
+  Use it with `reward_alpha` = 2/3 (mcts_dpo.HPARAMS) to get the authors' node values mapped
+  into [0, 1] (module docstring).
+  """
 
   def propose(params, key, state):
     theta, _ = params
@@ -203,8 +226,11 @@ def step_model(task: Task, policy) -> StepModel:
     return (env[0] == env[1]).astype(jnp.float32)
 
   def self_eval(params, state):
+    # The table's confidence c; reported as (c + 1) / 3 at non-terminal nodes and as c at
+    # terminal ones, which with reward_alpha = 2/3 gives the code's values / 3 (module docstring).
     _, (succ, count) = params
     idx = (state.env[0], jnp.minimum(state.depth, task.d), jnp.minimum(state.env[1], task.s))
-    return (succ[idx] + 0.5) / (count[idx] + 1.0)
+    conf = (succ[idx] + 0.5) / (count[idx] + 1.0)
+    return jnp.where(state.depth >= task.d, conf, (conf + 1.0) / 3.0)
 
   return StepModel(propose, env_step, outcome, self_eval)

@@ -15,22 +15,33 @@ Accuracy is exact: the success probability averaged over targets (dynamic progra
 for the table, enumeration of all V^T responses for the MLP).
 
 Step-level (MCTS-DPO): per iteration, `step_search` (mctx PUCT, w_exp = 1, K = 2 sampled candidate
-steps per node, depth D) runs on a batch of prompts; values mix the exact-match outcome at
-terminal nodes with a self-evaluation (reward_alpha = 0.5). The self-evaluation is a learned
-value table V[g, depth, running sum] (success frequency of the terminal nodes the search has
-reached through that state, prior 1/2), costing no sampled tokens, learned only from the
-search's own outcomes (the same table for both policies). Q for ranking: the paper's
-visit-weighted back-up (`paper_backup`). Pairs: highest- vs lowest-Q children at every depth of
-the principal path (most-visited child), suffix-only masks, conservative label smoothing from
-visit counts, beta 0.1.
+steps per node, depth D) runs on a batch of prompts. Node values follow the authors' code
+(`search_config.get_values`): self-evaluation confidence c at a partial response, c + 1 / c - 1
+at a right / wrong finished one, mapped into [0, 1] as (v + 1) / 3 (`_mcts_dpo_policies`; with
+reward_alpha = 2/3). The self-evaluation is a learned value table V[g, depth, running sum]
+(success frequency of the terminal nodes the search has reached through that state, terminal
+states included, prior 1/2), costing no sampled tokens, learned only from the search's own
+outcomes (the same table for both policies). Q for ranking: the paper's visit-weighted back-up
+(`paper_backup`). Pairs: highest- vs lowest-Q children at every depth of the principal path
+(most-visited child), suffix-only masks, conservative label smoothing from visit counts, beta 0.1.
+Filter (all of the authors' scripts pass `--filter`; `mcts_rl/utils.py: check_available`): a
+tree gives pairs only when its final answer, the best-Q candidate of the last sibling set on the
+path, is correct; the search's tokens are counted either way.
+Audit (2026-11-25) of the first version, which collapsed with the MLP: it mixed values as
+0.5 x outcome + 0.5 x self-evaluation with the table never trained at terminal states (their
+self-evaluation stayed 1/2, so a wrong answer scored 0.25, above partial states the table rated
+lower: well-explored subtrees, i.e. the policy's likelier steps, won their pairs), and it had no
+filter; the row "ablation: step-level, no filter" keeps the filter off.
 Outcome-level baseline: G full responses per prompt sampled from the policy, best vs worst
 (by reward, a pair only when they differ), plain DPO over the full response, beta 0.1.
 Budget: every token the search samples is counted (K * step_len per expanded non-terminal node,
 root included); G is the smallest group whose D * step_len * G tokens per prompt are at least the
 search's mean per prompt (per policy), so the baseline never gets fewer tokens per iteration.
-Both refresh the reference to the current policy every `refresh_every` updates. Seeds are
-vmapped; each run is one lax.scan under jit. Accuracy is interpolated at a common grid of
-sampled-token budgets.
+Both refresh the reference to the current policy every `refresh_every` updates (the spec's
+reading; the authors' code never refreshes its DPO reference, `iteration_interval` only re-points
+the search policy; a frozen reference left both methods about where they were in the audit).
+Seeds are vmapped; each run is one lax.scan under jit. Accuracy is interpolated on a common grid
+of sampled-token budgets.
 
 Rule for `holds` (fixed before the MLP result was seen): the claim is judged on the MLP policy
 (shared parameters, the reading closest to the paper's LLM): it holds iff, averaged over seeds,
@@ -38,10 +49,9 @@ the step-level method beats the outcome-level one on BOTH the mean accuracy over
 grid and the accuracy at the largest common budget. The tabular policy is reported in the
 statement and the table (full size only) and does not enter `holds`.
 
-Sizes: "small" runs only the MLP policy for 15 iterations (a smoke test: the MLP hardly moves in
-15 updates); "full" runs both policies, each with the step-level ablations of `LABELS`. The table
-also reports the entropy of the final policy's responses, which shows whether a policy collapsed
-onto one deterministic response (then the K candidate steps coincide and no pair is valid).
+Sizes: "small" runs the MLP policy for 15 iterations (a smoke test); "full" runs both policies
+with the step-level ablations of `LABELS`. The table reports the entropy of the final policy's
+responses: 0 means it collapsed onto one response (the K candidates coincide, no pair is valid).
 """
 
 import math
@@ -65,10 +75,12 @@ SIZES = {
     "small": dict(seeds=2, iterations=15, prompts=8, simulations=8, policies=("mlp",),
                   ablations=()),
     "full": dict(seeds=5, iterations=120, prompts=32, simulations=14,
-                 policies=("mlp", "tabular"), ablations=("step_plain", "step_all", "step_mctx")),
+                 policies=("mlp", "tabular"),
+                 ablations=("step_nofilter", "step_plain", "step_all", "step_mctx")),
 }
 TASK = dict(digits=3, num_steps=3, step_len=2, candidates=2)
-HPARAMS = dict(beta=0.1, refresh_every=8, reward_alpha=0.5)
+# reward_alpha = 2/3: with `_mcts_dpo_policies.step_model` it gives the code's node values / 3.
+HPARAMS = dict(beta=0.1, refresh_every=8, reward_alpha=2.0 / 3.0)
 LEARNING_RATES = {"tabular": 0.05, "mlp": 3e-3}
 POLICIES = {"tabular": policies.TabularPolicy, "mlp": policies.MLPPolicy}
 
@@ -93,15 +105,15 @@ def _train(task, policy_name, method, cfg, group, key):
   """One seed's run of `method` ("outcome" or a "step*" variant; `group` G for "outcome") with
   the policy `policy_name` ("mlp" or "tabular") on the `policies.Task` `task`; `key` PRNG key.
 
-  Returns (exact accuracy [I+1], cumulative sampled tokens [I+1], (valid pairs [I], mean applied
-  label smoothing [I]), entropy (nats) of the final policy's responses), index 0 being the
-  initial policy.
+  Returns (exact accuracy after each iteration [I], cumulative sampled tokens [I+1] (index 0: the
+  start), (valid pairs [I], mean applied label smoothing [I]), entropy (nats) of the final
+  policy's responses); the start's accuracy comes from `policies.initial_accuracy`.
   """
   hp = HPARAMS
   policy = POLICIES[policy_name](task)
   opt = optax.adam(LEARNING_RATES[policy_name])
   model = policies.step_model(task, policy)
-  theta = policy.init(jax.random.fold_in(key, 7))  # `key` itself stays for the iterations
+  theta = policy.init(jax.random.fold_in(key, 7))  # as `policies.initial_accuracy`
   table = (jnp.zeros((task.s + 1, task.d + 1, task.s + 1)),) * 2
   p = cfg["prompts"]
 
@@ -119,6 +131,14 @@ def _train(task, policy_name, method, cfg, group, key):
               res.available)
       if method == "step_all":
         sets = all_sibling_sets(res.tree, task.d, task.k)
+      if method != "step_nofilter":
+        # --filter: keep a tree only if its final answer (best-Q child of the last path node)
+        # is correct; a path that stops early has no answer and is dropped too.
+        last_ok = res.available[:, -1]  # [P, K]
+        right = (jnp.sum(res.candidate_tokens[:, -1], -1) == targets[:, None]) & last_ok
+        best = jnp.argmax(jnp.where(last_ok, res.qvalues[:, -1], -jnp.inf), axis=-1)
+        keep = jnp.take_along_axis(right, best[:, None], axis=1)[:, 0]  # [P]
+        sets = sets[:4] + (sets[4] & keep[:, None, None],)
       n_sets = sets[0].shape[1]
       pairs = step_dpo.build_pairs(*[x.reshape((p * n_sets,) + x.shape[2:]) for x in sets])
       rep = jnp.repeat(targets, n_sets)
@@ -142,6 +162,11 @@ def _train(task, policy_name, method, cfg, group, key):
       succ = table[0].at[g, j, bounds].add(jnp.broadcast_to(win[..., None], bounds.shape))
       count = table[1].at[g, j, bounds].add(
           jnp.broadcast_to(term[..., None].astype(jnp.float32), bounds.shape))
+      # ... and the terminal states themselves (depth D, final sum).
+      final = jnp.minimum(st.env[1], task.s)  # [P, N]
+      g_term = jnp.broadcast_to(targets[:, None], final.shape)
+      succ = succ.at[g_term, task.d, final].add(win)
+      count = count.at[g_term, task.d, final].add(term.astype(jnp.float32))
       table = (succ, count)
     else:
       keys = jax.random.split(k_s, p * group).reshape(p, group)
@@ -168,8 +193,7 @@ def _train(task, policy_name, method, cfg, group, key):
   carry = (theta, theta, opt.init(theta), table, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
   final, (acc, tokens, n_pairs) = jax.lax.scan(iteration, carry,
                                                jax.random.split(key, cfg["iterations"]))
-  acc0 = policy.accuracy(theta)[None]
-  return (jnp.concatenate([acc0, acc]), jnp.concatenate([jnp.zeros((1,), jnp.int32), tokens]),
+  return (acc, jnp.concatenate([jnp.zeros((1,), jnp.int32), tokens]),
           n_pairs, policy.response_entropy(final[0]))
 
 
@@ -178,6 +202,8 @@ def _run_method(task, policy_name, method, cfg, group, seed_base):
   keys = jax.random.split(jax.random.key(seed_base), cfg["seeds"])
   fn = jax.jit(jax.vmap(lambda k: _train(task, policy_name, method, cfg, group, k)))
   acc, tokens, (pairs, smoothing), entropy = fn(keys)
+  init = policies.initial_accuracy(POLICIES[policy_name](task), keys)
+  acc = jnp.concatenate([init[:, None], acc], axis=1)
   return tuple(np.asarray(x) for x in (acc, tokens, pairs, smoothing, entropy))
 
 
@@ -185,6 +211,7 @@ POLICY_LABELS = {"mlp": "MLP policy (shared parameters)", "tabular": "tabular po
 LABELS = {
     "step": "step-level, MCTS-DPO (path pairs, conservative)",
     "outcome": "outcome-level DPO (best vs worst of G)",
+    "step_nofilter": "ablation: step-level, no filter (pairs from every tree)",
     "step_plain": "ablation: step-level, no label smoothing",
     "step_all": "ablation: step-level, pairs at every expanded node",
     "step_mctx": "ablation: step-level, Q from mctx's running-mean backup",
