@@ -133,3 +133,67 @@ def test_bad_input():
     tempsamp.gt_old_logp(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(2, bool), "clip")
   with pytest.raises(ValueError, match="is_gt"):
     tempsamp.gt_old_logp(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.zeros(3, bool))
+
+
+def test_paper_fig2_group_soft_lifts_good_rollout():
+  # Paper fig. 2: on-policy IoUs 0.6, 0.7, 0.5 and the GT's 1.0 (group mean 0.7). Linearly the
+  # 0.7 rollout gets advantage 0; eq. 4 compresses the GT's lead, so it becomes positive.
+  iou = jnp.array([0.6, 0.7, 0.5, 1.0])
+  gids = jnp.zeros(4, jnp.int32)
+  lin = np.asarray(tempsamp.advantages_from_iou(iou, gids, transform="linear"))
+  assert abs(lin[1]) < 1e-5 and lin[0] < 0 and lin[2] < 0
+  e1 = math.e - 1.0
+  soft = np.array([0.8 - (math.exp(0.8 - x) - 1) / e1 for x in (0.6, 0.7, 0.5)]
+                  + [0.8 + 0.01 * math.log(1.2)])
+  want = (soft - soft.mean()) / (soft.std(ddof=1) + 1e-6)
+  got = np.asarray(tempsamp.advantages_from_iou(iou, gids))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert got[1] > 0.1
+
+
+def test_anchored_advantages_hand_values():
+  # group 0: on-policy 0.2, 0.4, 0.9 + GT; group 4: all-zero on-policy + GT (no signal at all).
+  r = jnp.array([0.2, 0.4, 0.9, 1.0, 0.0, 0.0, 0.0, 1.0])
+  gids = jnp.array([0] * 4 + [4] * 4, jnp.int32)
+  is_gt = jnp.array([0, 0, 0, 1, 0, 0, 0, 1], bool)
+  got = np.asarray(tempsamp.anchored_advantages(r, gids, is_gt))
+  on = np.array([0.2, 0.4, 0.9])
+  a = (on - on.mean()) / (on.std(ddof=1) + 1e-6)     # the GT is left out of mean and std
+  np.testing.assert_allclose(got[:3], a, rtol=1e-5)
+  np.testing.assert_allclose(got[3], 1.2 * a.max(), rtol=1e-5)
+  np.testing.assert_array_equal(got[4:], 0.0)
+  got2 = np.asarray(tempsamp.anchored_advantages(r, gids, is_gt, lambda_off=0.5,
+                                                 unbiased_std=False))
+  b = (on - on.mean()) / (on.std() + 1e-6)
+  np.testing.assert_allclose(got2[:4], list(b) + [0.5 * b.max()], rtol=1e-5)
+
+
+def test_anchored_and_downscale_degenerate_and_jit():
+  # one on-policy member + GT; a group holding only a GT row; an invalid row.
+  r = jnp.array([0.3, 1.0, 1.0, 0.5, 0.7, 0.9])
+  gids = jnp.array([0, 0, 2, 3, 3, 3], jnp.int32)
+  is_gt = jnp.array([0, 1, 1, 0, 0, 1], bool)
+  valid = jnp.array([1, 1, 1, 1, 0, 1.0])
+  got = np.asarray(jax.jit(lambda r: tempsamp.anchored_advantages(r, gids, is_gt, valid=valid))(r))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_array_equal(got, 0.0)   # single on-policy rows: z-score 0, so A_G = 0 too
+  ds = np.asarray(tempsamp.downscale_ground_truth(r, is_gt))
+  np.testing.assert_allclose(ds, [0.3, 0.8, 0.8, 0.5, 0.7, 0.8], rtol=1e-6)
+  adv = np.asarray(tempsamp.advantages_from_iou(jnp.asarray(ds), gids, transform="linear"))
+  assert np.all(np.isfinite(adv))
+  zeros = tempsamp.anchored_advantages(jnp.zeros(6), gids, is_gt)
+  assert np.all(np.asarray(zeros) == 0.0)
+
+
+def test_anchored_and_downscale_bad_input():
+  r, g, is_gt = jnp.zeros(4), jnp.zeros(4, jnp.int32), jnp.array([0, 0, 0, 1], bool)
+  with pytest.raises(ValueError, match="lambda_off"):
+    tempsamp.anchored_advantages(r, g, is_gt, lambda_off=-1.0)
+  with pytest.raises(ValueError, match="is_gt"):
+    tempsamp.anchored_advantages(r, g, is_gt[:3])
+  with pytest.raises(ValueError, match="rewards"):
+    tempsamp.anchored_advantages(jnp.zeros((4, 2)), g, is_gt)
+  with pytest.raises(ValueError, match="fraction"):
+    tempsamp.downscale_ground_truth(r, is_gt, fraction=1.5)
+  with pytest.raises(ValueError, match="is_gt"):
+    tempsamp.downscale_ground_truth(r, jnp.zeros((4, 1), bool))

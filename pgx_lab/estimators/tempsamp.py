@@ -1,25 +1,29 @@
 """TempSamp-R1 (Li et al., NeurIPS 2025, arXiv 2509.18056): a ground-truth member in every GRPO
-group and the asymmetric soft reward transform.
+group and the paper's ways to keep it from dominating the group advantage.
 
-Which reading is implemented. The paper's own equations were not read (the search tool found
-the abstract and third-party summaries only, which confirm "G - 1 on-policy samples and 1
-off-policy solution (the ground truth) per query"). The constants and the exact places follow a
-public third-party re-implementation (ZhangZikun6666/TempSamp-R1, on EasyR1/verl), as written in
-the shared spec llm_post_training.md section 9 (b):
-  * group composition: the ground truth REPLACES one rollout slot of each group (default the
-    last), `mode="replace"`; the earlier reading, the ground truth APPENDED as a (G+1)-th member,
-    is `mode="append"`;
-  * the ground-truth row enters the group mean and std like any rollout (plain GRPO z-score,
-    torch.std, i.e. unbiased, eps 1e-6 added to the std);
-  * its ratio is the ordinary pi_theta / pi_old with old log-probs recomputed like the other rows
-    (`gt_ratio="on_policy"`, default); the alternative "no importance sampling" (ratio exactly 1,
-    gradient of log pi only) is `gt_ratio="no_is"`, done by setting old_logp := sg(logp) on the
-    ground-truth rows;
-  * the "soft advantage" is a transform of the IoU reward BEFORE group normalisation:
-      r'(iou) = tau + c * log(iou - tau + 1)                          if iou >= tau,
-      r'(iou) = tau - (exp(alpha (tau - iou)) - 1) / (exp(alpha) - 1)  otherwise,
-    with tau = 0.8, alpha = 1, c = 0.01 (log-compress above tau into a near-flat plateau, an
-    exponential ramp below); `transform="linear"` is the identity (plain IoU).
+Checked against the paper's text (sec. 3.1-3.2, eq. 1-4, sec. 4 "Implementation details"); the
+official code (HVision-NKU/TempSamp-R1) could not be read here. The paper agrees with the
+third-party re-implementation (ZhangZikun6666/TempSamp-R1) that this module first followed:
+  * group (eq. 2): G - 1 on-policy samples plus ONE off-policy solution (the ground truth), i.e.
+    the GT takes one slot of a group of G (`mode="replace"`; `mode="append"`, a (G+1)-th member,
+    is kept as the earlier reading);
+  * advantage (eq. 2): the GT reward enters the group mean and std like any rollout; the paper
+    does not say biased or unbiased std: unbiased (torch.std, the re-implementation) and eps 1e-6
+    are kept as defaults;
+  * loss (eq. 1): GRPO's clipped objective with pi_old = pi_theta, one update per sampling batch,
+    so every ratio (the GT's included) is 1 in value; no separate weight or clip on the GT row.
+    `gt_old_logp` keeps both readings for several updates per batch ("on_policy": recomputed
+    behaviour log-probs; "no_is": ratio exactly 1);
+  * soft advantage = non-linear reward shaping (eq. 4), applied to the rewards BEFORE the group
+    normalisation (not to the advantages): r~ = tau + a1 ln((r - tau) + 1) for r >= tau,
+    r~ = tau - (exp(a2 (tau - r)) - 1) / (exp(a2) - 1) for r < tau, tau = 0.8, a1 = 0.01 (here
+    `top_scale`), a2 = 1 (here `alpha`); `transform="linear"` is the identity (plain IoU).
+The paper's two other strategies (sec. 3.2, compared in its Table 4, where eq. 4 is best) are here
+too: reward downscaling (`downscale_ground_truth`: the GT reward set to 80% of the maximum) and
+advantage anchoring (`anchored_advantages`, eq. 3). The paper's format reward is 0/1; its weight
+in the total reward is not given (0.1 below is the re-implementation's). Hybrid CoT (sec. 3.3,
+Table 6) is a training schedule (an answer-only phase, then a CoT phase that adds the format
+reward); it does not change the estimator.
 """
 
 from typing import Dict, Optional
@@ -45,7 +49,7 @@ def _check_soft_params(tau: float, alpha: float, top_scale: float) -> None:
 
 
 def soft_reward(iou: Array, tau: float = 0.8, alpha: float = 1.0, top_scale: float = 0.01) -> Array:
-  """TempSamp-R1's asymmetric soft reward r'(iou) (re-implementation reading, see module doc).
+  """TempSamp-R1's asymmetric soft reward r'(iou), the paper's eq. 4 (see module doc).
 
   r'(iou) = tau + top_scale * log(iou - tau + 1) for iou >= tau, and
   r'(iou) = tau - (exp(alpha (tau - iou)) - 1) / (exp(alpha) - 1) below; continuous at tau
@@ -54,8 +58,8 @@ def soft_reward(iou: Array, tau: float = 0.8, alpha: float = 1.0, top_scale: flo
   Args:
     iou: [...] float rewards in [0, 1] (temporal IoU).
     tau: threshold in (0, 1).
-    alpha: sharpness of the ramp below tau, > 0.
-    top_scale: slope of the log plateau above tau (0.01 in the re-implementation), >= 0.
+    alpha: alpha_2 of eq. 4, sharpness of the ramp below tau (1), > 0.
+    top_scale: alpha_1 of eq. 4, slope of the log plateau above tau (0.01), >= 0.
 
   Returns:
     [...] transformed rewards, same shape as `iou`.
@@ -136,10 +140,10 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
   """Puts the ground-truth response into every group (TempSamp-R1's off-policy member).
 
   Groups are contiguous blocks of `group_size` rows (rows g*G .. g*G + G - 1 form group g) and
-  share one id. With mode="replace" (re-implementation reading) row g*G + slot of each group is
-  overwritten by the ground truth, so B stays n*G; with mode="append" (earlier reading) the ground
-  truth becomes member G+1 of each group and B becomes n*(G+1) (rows regrouped so groups stay
-  contiguous; a GT row takes the id of its group's first row).
+  share one id. With mode="replace" (the paper's eq. 2: G - 1 samples + 1 GT) row g*G + slot of
+  each group is overwritten by the ground truth, so B stays n*G; with mode="append" (earlier
+  reading) the ground truth becomes member G+1 of each group and B becomes n*(G+1) (rows
+  regrouped so groups stay contiguous; a GT row takes the id of its group's first row).
 
   Args:
     tokens: [B, T] int sampled tokens, B = n * group_size, aligned with `mask` (for a batch of
@@ -203,7 +207,7 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
     if mode == "replace":
       out[name] = blocks.at[:, slot].set(gt).reshape(x.shape)
     else:
-      out[name] = jnp.concatenate([blocks, gt[:, None]], axis=1).reshape((n * (g + 1),) + x.shape[1:])
+      out[name] = jnp.concatenate([blocks, gt[:, None]], 1).reshape((n * (g + 1),) + x.shape[1:])
   if mode == "replace":
     out["is_gt"] = jnp.zeros((n, g), bool).at[:, slot].set(True).reshape(b)
   else:
@@ -214,7 +218,8 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
 def gt_old_logp(logp: Array, old_logp: Array, is_gt: Array, gt_ratio: str = "on_policy") -> Array:
   """The old log-probs that set the ratio pi_theta / pi_old of the ground-truth rows.
 
-  "on_policy" (re-implementation reading, default): unchanged, the GT rows keep the recomputed
+  "on_policy" (re-implementation reading, default; with the paper's one update per batch
+  both options give ratio 1): unchanged, the GT rows keep the recomputed
   behaviour log-probs like any rollout. "no_is": GT rows get old_logp := sg(logp), so their ratio
   is exactly 1 in value while its gradient is grad log pi (no importance weight).
 
@@ -236,3 +241,60 @@ def gt_old_logp(logp: Array, old_logp: Array, is_gt: Array, gt_ratio: str = "on_
   if gt_ratio == "on_policy":
     return old_logp
   return jnp.where(is_gt.astype(bool)[:, None], jax.lax.stop_gradient(logp), old_logp)
+
+
+def downscale_ground_truth(rewards: Array, is_gt: Array, fraction: float = 0.8,
+                           max_reward: float = 1.0) -> Array:
+  """Reward downscaling (paper sec. 3.2): the GT reward is set to `fraction` of the maximum.
+
+  Args:
+    rewards: [B] float rewards (GT rows included).
+    is_gt: [B] bool, True on ground-truth rows.
+    fraction: the fixed fraction (0.8 in the paper), in [0, 1].
+    max_reward: the maximum possible reward (1 for IoU).
+
+  Returns:
+    [B] rewards with fraction * max_reward on the GT rows.
+  """
+  validation.check_array("rewards", rewards, ndim=1, kind="float")
+  validation.check_array("is_gt", is_gt, ndim=1, kind="number")
+  validation.check_shape("is_gt", is_gt, rewards.shape, against="rewards")
+  if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"`fraction` must be a number in [0, 1], got {fraction!r}.")
+  return jnp.where(is_gt.astype(bool), jnp.asarray(fraction * max_reward, rewards.dtype), rewards)
+
+
+def anchored_advantages(rewards: Array, group_ids: Array, is_gt: Array, *, lambda_off: float = 1.2,
+                        unbiased_std: bool = True, eps: float = 1e-6,
+                        valid: Optional[Array] = None) -> Array:
+  """Advantage anchoring, the paper's eq. 3: A_G = lambda_off * max of the on-policy advantages.
+
+  The GT rows are left out of the group mean and std; the on-policy rows get the plain GRPO
+  z-score over the on-policy rows of their group, and every GT row gets lambda_off times the
+  largest on-policy advantage of its group (0 when the group has no on-policy row, or when its
+  on-policy rewards are all equal, where every on-policy advantage is 0).
+
+  Args:
+    rewards: [B] float rewards (use the plain IoU: the paper anchors instead of shaping).
+    group_ids: [B] int group ids in [0, B).
+    is_gt: [B] bool, True on ground-truth rows.
+    lambda_off: the scale (1.2 in the paper), >= 0.
+    unbiased_std, eps: see `advantages.group_normalized`.
+    valid: [B] optional 0/1 row weights; invalid rows get 0 and enter no statistic.
+
+  Returns:
+    [B] advantages.
+  """
+  validation.check_array("rewards", rewards, ndim=1, kind="float")
+  validation.check_array("is_gt", is_gt, ndim=1, kind="number")
+  validation.check_shape("is_gt", is_gt, rewards.shape, against="rewards")
+  validation.check_positive("lambda_off", lambda_off, allow_zero=True)
+  w = jnp.ones_like(rewards) if valid is None else jnp.asarray(valid, rewards.dtype)
+  gt = is_gt.astype(bool)
+  on = jnp.where(gt, 0.0, w)
+  a = advantages.group_normalized(rewards, group_ids, scale="group", unbiased_std=unbiased_std,
+                                  eps=eps, valid=on)
+  best = jax.ops.segment_max(jnp.where(on > 0, a, -jnp.inf), group_ids,
+                             num_segments=rewards.shape[0])
+  best = jnp.where(jnp.isfinite(best), best, 0.0)
+  return jnp.where(gt & (w > 0), lambda_off * best[group_ids], a)
