@@ -198,3 +198,99 @@ def test_jit_and_vmap():
   taus = jnp.array([0.8, 1.3])
   out_tau = jax.vmap(f, in_axes=(None, None, None, None, 0))(logits, targets, mask, key, taus)
   np.testing.assert_allclose(out_tau[0], eager, rtol=1e-5)
+
+
+# ---- the paper's per-demonstration normalisation and the inverse-CDF sampler ----------------
+
+
+def test_sequence_aggregate_hand_computed():
+  # Row 0 trains one token, row 1 two tokens; l_bt hand-computed from pi and the candidates.
+  p = np.array([0.5, 0.25, 0.25])
+  logits = jnp.log(jnp.array([[p, p], [p, p]]))
+  targets = jnp.array([[0, 0], [1, 2]])
+  mask = jnp.array([[1, 0], [1, 1]])
+  cands = jnp.array([[[0, 1], [0, 0]], [[1, 1], [0, 2]]])
+  r = -0.2
+  l00 = -(math.log(0.5) + r * math.log(0.25)) / 2
+  l10 = -(2 * math.log(0.25)) / 2
+  l11 = -(r * math.log(0.5) + math.log(0.25)) / 2
+  seq, _ = otr.loss_from_candidates(logits, targets, mask, cands, r, aggregate="sequence")
+  tok, _ = otr.loss_from_candidates(logits, targets, mask, cands, r, aggregate="token")
+  np.testing.assert_allclose(seq, (l00 + (l10 + l11) / 2) / 2, rtol=1e-6)
+  np.testing.assert_allclose(tok, (l00 + l10 + l11) / 3, rtol=1e-6)
+  # Reviewer 2's closed form of Eq. (4) at tau = 1: pi(y*) log pi(y*) + beta sum pi(a) log pi(a).
+  e = lambda y: -(p[y] * math.log(p[y]) + r * sum(p[a] * math.log(p[a]) for a in range(3)
+                                                   if a != y))
+  np.testing.assert_allclose(otr.expected_loss(logits, targets, mask, 1.0, r, "sequence"),
+                             (e(0) + (e(1) + e(2)) / 2) / 2, rtol=1e-6)
+
+
+def test_position_weights_degenerate_rows():
+  mask = jnp.array([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+  w = otr.position_weights(mask, "sequence")
+  np.testing.assert_allclose(w, np.array([[1 / 6] * 3 + [0], [0] * 4, [0.5, 0, 0, 0]]), rtol=1e-6)
+  np.testing.assert_allclose(otr.position_weights(mask, "token"), np.asarray(mask) / 4.0)
+  for agg in otr.AGGREGATES:
+    assert np.all(otr.position_weights(jnp.zeros((2, 3)), agg) == 0)
+
+
+def test_inverse_cdf_matches_independent_numpy_and_skips_inf():
+  # -inf at both ends exercises the clipping to the last token of positive probability.
+  logits = jnp.array([[[-jnp.inf, 1.0, 0.0, 2.0, -jnp.inf], [0.3, -jnp.inf, 0.1, 0.0, 0.2]]])
+  key, k, tau = jax.random.PRNGKey(4), 50000, 1.7
+  c = np.asarray(otr.sample_candidates(key, logits, k, tau, sampler="inverse_cdf"))
+  u = np.asarray(jax.random.uniform(key, (1, 2, k)))
+  q = np.asarray(jax.nn.softmax(logits / tau, -1), np.float64)
+  for t in range(2):
+    ref = np.minimum(np.searchsorted(np.cumsum(q[0, t]), u[0, t] * q[0, t].sum(), side="right"),
+                     np.flatnonzero(q[0, t] > 0).max())
+    assert np.mean(ref != c[0, t]) < 1e-3              # float32 vs float64 CDF rounding only
+    freq = np.bincount(c[0, t], minlength=5) / k
+    assert np.all(freq[q[0, t] == 0] == 0)
+    assert np.all(np.abs(freq - q[0, t]) <= 4.5 * np.sqrt(q[0, t] * (1 - q[0, t]) / k) + 1e-9)
+
+
+def test_monte_carlo_gradient_sequence_aggregate_inverse_cdf():
+  logits, targets, _ = _inputs(seed=4)
+  mask = jnp.array([[1, 1, 1], [1, 0, 0]], jnp.float32)     # unequal lengths: weights differ
+  tau, r_neg, k, n = 1.5, -0.2, 4, 3000
+
+  def grad_at(key):
+    return jax.grad(lambda z: otr.otr_loss(z, targets, mask, key, k, tau, r_neg, "sequence",
+                                           "inverse_cdf")[0])(logits)
+
+  grads = jax.jit(jax.vmap(grad_at))(jax.random.split(jax.random.PRNGKey(12), n))
+  mean, se = grads.mean(0), grads.std(0) / math.sqrt(n)
+  closed = otr.expected_logit_gradient(logits, targets, mask, tau, r_neg, "sequence")
+  assert np.all(np.abs(mean - closed) <= 4.5 * se + 1e-6)
+  # the token-mean closed form is another vector here: the test can tell them apart
+  other = otr.expected_logit_gradient(logits, targets, mask, tau, r_neg, "token")
+  assert np.max(np.abs(mean - other) / (se + 1e-9)) > 8
+
+
+def test_sequence_inverse_cdf_degenerate_input_is_finite():
+  logits, targets, _ = _inputs()
+  mask = jnp.array([[1, 0, 0], [0, 0, 0]], jnp.float32)
+  logits = jnp.where(mask[..., None] > 0, logits, -jnp.inf)
+  f = lambda z, m: otr.otr_loss(z, targets, m, jax.random.PRNGKey(1), 16, 2.0, -0.1,
+                                "sequence", "inverse_cdf")
+  (loss, met), g = jax.value_and_grad(f, has_aux=True)(logits, mask)
+  assert np.isfinite(loss) and all(np.isfinite(v) for v in met.values())
+  assert np.all(np.isfinite(g)) and np.all(g[1] == 0) and np.all(g[0, 1:] == 0)
+  loss0, _ = f(logits, jnp.zeros_like(mask))
+  assert float(loss0) == 0.0
+  assert np.all(np.isfinite(otr.expected_logit_gradient(logits, targets, mask, 2.0, -0.1,
+                                                        "sequence")))
+
+
+def test_bad_aggregate_and_sampler_name_argument():
+  logits, targets, mask = _inputs()
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match="aggregate"):
+    otr.otr_loss(logits, targets, mask, key, aggregate="mean")
+  with pytest.raises(ValueError, match="sampler"):
+    otr.otr_loss(logits, targets, mask, key, sampler="multinomial")
+  with pytest.raises(ValueError, match="aggregate"):
+    otr.expected_logit_gradient(logits, targets, mask, aggregate="batch")
+  with pytest.raises(ValueError, match="mask"):
+    otr.position_weights(mask[0], "sequence")

@@ -1,4 +1,4 @@
-r"""One-token rollout (OTR; Ming, Wu et al. 2025, arXiv 2509.26313): SFT data, on-policy tokens.
+r"""One-token rollout (OTR; Ming, Wu, Hu, He, Yu 2025, arXiv 2509.26313): SFT data, on-policy tokens.
 
 Every position t of a demonstration is a one-step episode in the state s_t = (x, y*_{<t})
 (teacher forcing). K candidate tokens are drawn from the current policy at a sampling temperature
@@ -6,31 +6,45 @@ tau, each is rewarded against the demonstration's token y*_t, and the samples ar
 REINFORCE (Williams 1992):
 
     a_{t,k} ~ q_tau(. | s_t) = softmax(z_t / tau),        k = 1..K   (no gradient through sampling)
-    r(a)    = 1 if a == y*_t else r_neg                   (r_neg < 1, usually a small negative)
-    l_t     = -(1/K) sum_k r(a_{t,k}) log pi(a_{t,k} | s_t),      pi = softmax(z_t)  (temperature 1)
-    loss    = sum_t mask_t l_t / max(sum_t mask_t, 1)             (token mean over the mask)
+    r(a)    = 1 if a == y*_t else r_neg                   (r_neg = the paper's beta < 1)
+    l_t     = -(1/K) sum_k sg[r(a_{t,k})] log pi(a_{t,k} | s_t),   pi = softmax(z_t) (temperature 1)
+
+aggregated either as a token mean over the whole batch (`aggregate="token"`, this library's first
+reading) or as the paper's per-sequence mean (`aggregate="sequence"`): (1/T_b) sum_t l_t within
+each demonstration b (T_b its number of trained tokens), then the mean over demonstrations.
 
 Equivalently, with c_t the number of hits, l_t = -(c_t/K) log pi(y*_t)
-- (r_neg/K) sum_{k: a_{t,k} != y*_t} log pi(a_{t,k}); the second term pushes probability off the
-wrong tokens the model actually proposes, which is what separates OTR from a weighted SFT.
+- (r_neg/K) sum_{k: a_{t,k} != y*_t} log pi(a_{t,k}): there is no separate SFT term (the
+ground-truth token is trained only when it is sampled), no baseline and no normalisation across the
+K candidates; the second term pushes probability off the wrong tokens the model proposes.
 
 Expected gradient (`expected_logit_gradient`). Sampling is at temperature tau while log pi is at
 temperature 1, so the weights are q_tau, not pi:
 
     E[grad_z l_t] = -sum_a q_tau(a) r(a) grad_z log pi(a) = -(q_tau * r) + (sum_a q_tau(a) r(a)) pi,
 
-using grad_z log pi(a) = e_a - pi. At tau = 1 this is the spec's
--pi(y*) grad log pi(y*) - r_neg sum_{a != y*} pi(a) grad log pi(a)
-(../shared/specs/llm_post_training.md section 8 (b)); for tau != 1 the spec's pi-weighted form
-is not the expectation, and the tests check the q_tau-weighted one against Monte Carlo.
+using grad_z log pi(a) = e_a - pi (at tau = 1, -pi(y*) grad log pi(y*) - r_neg sum_{a != y*}
+pi(a) grad log pi(a), spec llm_post_training.md section 8 (b)).
 
-Reading implemented (the paper's constants are unconfirmed: the abstract and two reviews confirm
-the one-step episodes, K candidates from the current policy at a temperature, reward from matching
-the ground-truth token and a second term penalising sampled wrong tokens; the exact equation,
-r_neg, K, tau and the normalisation were not found with the search tool): the spec's reading
-above, with 1/K inside a position, token mean over the mask across the batch, no baseline,
-log pi at temperature 1 (the model being trained), and q_tau only for the sampling.
-Defaults K = 8, tau = 1, r_neg = -0.1 are this library's choice.
+What the paper says, and where it was read. The paper's text was not reachable with the search
+tool beyond its abstract; its method is confirmed from the four public ICLR 2026 OpenReview
+reviews of the submission (a public GitHub copy of them, found with `find_string "one-token
+rollout (OTR)"`), which quote its equations:
+  * Eq. (1): SFT normalised by the sequence length, (1/T) sum_t (reviewer 3 remarks on it);
+  * Eq. (4): the OTR objective (1/T) sum_t E_{a ~ pi'}[R(a, x_t) grad log pi(a | s_t)] with
+    R = 1 for the ground-truth token and beta < 1 otherwise (reviewers 1, 2, 4), whose exact
+    expectation reviewer 2 writes as pi'(x_t) log pi(x_t) + beta sum_{a != x_t} pi'(a) log pi(a);
+  * Eq. (6): pi', the temperature-scaled sampling policy ("a temperature greater than 1 is used
+    to encourage exploration", reviewer 3); Eq. (8): the loss, with a stop-gradient on the reward;
+  * K = 256 candidates per position in the experiments (reviewers 2, 4); beta "slightly
+    negative", and an ablation shows a small negative beta helps (reviewer 4).
+Not confirmed (no source found): the values of beta and tau. This module implements exactly that
+form; `aggregate="sequence"` is the paper's normalisation, `"token"` a legitimate variant (the
+usual token-mean of LLM trainers). Defaults K = 8, tau = 1, r_neg = -0.1 are this library's.
+
+Sampling (`sampler`): "gumbel" is `jax.random.categorical` (K x V random numbers a position);
+"inverse_cdf" draws K uniforms per position and inverts the CDF of q_tau, the same distribution at
+O(K + V) random numbers, which is what makes the paper's K = 256 affordable.
 
 `logits` may also be log-probabilities: softmax and log_softmax are invariant to a per-position
 shift, so log_softmax(z) in place of z changes nothing.
@@ -45,6 +59,8 @@ import numpy as np
 from pgx_lab import validation
 
 Array = jax.Array
+AGGREGATES = ("token", "sequence")
+SAMPLERS = ("gumbel", "inverse_cdf")
 
 
 def _is_concrete_number(x: Any) -> bool:
@@ -84,7 +100,28 @@ def _sanitize(logits: Array, mask: Array) -> Tuple[Array, Array]:
   return jnp.where(w[..., None] > 0, logits, 0.0), w
 
 
-def sample_candidates(key: Array, logits: Array, num_samples: int, tau: Any = 1.0) -> Array:
+def position_weights(mask: Array, aggregate: str = "token") -> Array:
+  """Weights [B, T] that turn per-position losses into the aggregated loss (sum of weight * loss).
+
+  Args:
+    mask: [B, T] 1 (or True / > 0) on trained tokens.
+    aggregate: "token": mask / max(sum mask, 1), the token mean over the batch; "sequence" (the
+      paper's Eq. (1) and (4)): mask_bt / max(T_b, 1) / max(#demonstrations with T_b > 0, 1),
+      the per-demonstration token mean averaged over demonstrations. Rows with no trained token
+      get weight 0 (never NaN); the weights sum to 1, or to 0 when nothing is trained.
+  """
+  validation.check_option("aggregate", aggregate, AGGREGATES)
+  validation.check_array("mask", mask, ndim=2, kind="number")
+  w = (mask > 0).astype(jnp.float32)
+  if aggregate == "token":
+    return w / jnp.maximum(jnp.sum(w), 1.0)
+  per_row = jnp.sum(w, axis=1, keepdims=True)
+  rows = jnp.sum((per_row > 0).astype(w.dtype))
+  return w / jnp.maximum(per_row, 1.0) / jnp.maximum(rows, 1.0)
+
+
+def sample_candidates(key: Array, logits: Array, num_samples: int, tau: Any = 1.0,
+                      sampler: str = "gumbel") -> Array:
   """K candidate tokens per position from softmax(logits / tau), [B, T, K] int32.
 
   Args:
@@ -93,17 +130,28 @@ def sample_candidates(key: Array, logits: Array, num_samples: int, tau: Any = 1.
       whose entries are all -inf must be masked by the caller (`otr_loss` zeros them first).
     num_samples: K, a positive Python int.
     tau: the sampling temperature, > 0 (may be traced).
-
-  The samples are `jax.random.categorical(key, logits[:, :, None, :] / tau, shape=(B, T, K))`.
+    sampler: "gumbel": `jax.random.categorical(key, logits[:, :, None, :] / tau,
+      shape=(B, T, K))`; "inverse_cdf": u = uniform(key, (B, T, K)) * C_V and the candidate is
+      the first a with C_a > u, where C = cumsum(softmax(logits / tau)) (clipped to the last
+      token of positive probability against rounding). Same distribution, other draws.
   """
+  validation.check_option("sampler", sampler, SAMPLERS)
   z = jax.lax.stop_gradient(logits) / tau
-  b, t, _ = logits.shape
-  return jax.random.categorical(key, z[:, :, None, :], shape=(b, t, num_samples)).astype(
-      jnp.int32)
+  b, t, v = logits.shape
+  if sampler == "gumbel":
+    return jax.random.categorical(key, z[:, :, None, :], shape=(b, t, num_samples)).astype(
+        jnp.int32)
+  q = jax.nn.softmax(z, axis=-1)
+  cdf = jnp.cumsum(q, axis=-1)                                           # [B, T, V]
+  u = jax.random.uniform(key, (b, t, num_samples), dtype=cdf.dtype) * cdf[..., -1:]
+  idx = jnp.sum((cdf[:, :, None, :] <= u[..., None]).astype(jnp.int32), axis=-1)
+  last = v - 1 - jnp.argmax((q > 0)[..., ::-1], axis=-1)                  # [B, T]
+  return jnp.minimum(idx, last[..., None]).astype(jnp.int32)
 
 
 def loss_from_candidates(logits: Array, targets: Array, mask: Array, candidates: Array,
-                         r_neg: Any = -0.1) -> Tuple[Array, Dict[str, Array]]:
+                         r_neg: Any = -0.1, aggregate: str = "token"
+                         ) -> Tuple[Array, Dict[str, Array]]:
   """The OTR loss for given candidates (module docstring), deterministic.
 
   Args:
@@ -112,18 +160,20 @@ def loss_from_candidates(logits: Array, targets: Array, mask: Array, candidates:
     mask: [B, T] 1 on trained demonstration tokens, 0 on prompt / padding.
     candidates: [B, T, K] int sampled tokens (`sample_candidates`; treated as constants).
     r_neg: the reward of a candidate that is not y*_t, < 1 (may be traced).
+    aggregate: "token" or "sequence" (`position_weights`).
 
   Returns:
-    (loss, metrics): the scalar loss and a dict of masked token means: "hit_rate" (fraction of
-    candidates equal to y*), "reward" (mean candidate reward), "target_prob" (pi(y*)), "nll"
-    (-log pi(y*), the SFT loss of the same tokens), "candidate_logp" (mean log pi of candidates),
-    and "num_tokens".
+    (loss, metrics): the scalar loss and a dict of masked token means over the batch (whatever
+    `aggregate`): "hit_rate" (fraction of candidates equal to y*), "reward" (mean candidate
+    reward), "target_prob" (pi(y*)), "nll" (-log pi(y*), the SFT loss of the same tokens),
+    "candidate_logp" (mean log pi of candidates), and "num_tokens".
   """
+  weights = position_weights(mask, aggregate)
   z, w = _sanitize(logits, mask)
   logp = jax.nn.log_softmax(z, axis=-1)
   cand_logp = jnp.take_along_axis(logp, candidates, axis=-1)            # [B, T, K]
   hit = (candidates == targets[..., None]).astype(logp.dtype)
-  reward = hit + (1.0 - hit) * r_neg
+  reward = jax.lax.stop_gradient(hit + (1.0 - hit) * r_neg)             # sg[r], Eq. (8)
   per_token = -jnp.mean(reward * cand_logp, axis=-1)                    # [B, T]
   n = jnp.maximum(jnp.sum(w), 1.0)
 
@@ -139,11 +189,12 @@ def loss_from_candidates(logits: Array, targets: Array, mask: Array, candidates:
       "candidate_logp": tmean(jnp.mean(cand_logp, -1)),
       "num_tokens": jnp.sum(w),
   }
-  return jnp.sum(per_token * w) / n, metrics
+  return jnp.sum(per_token * weights.astype(per_token.dtype)), metrics
 
 
 def otr_loss(logits: Array, targets: Array, mask: Array, key: Array, num_samples: int = 8,
-             tau: Any = 1.0, r_neg: Any = -0.1) -> Tuple[Array, Dict[str, Array]]:
+             tau: Any = 1.0, r_neg: Any = -0.1, aggregate: str = "token",
+             sampler: str = "gumbel") -> Tuple[Array, Dict[str, Array]]:
   """One-token-rollout loss: sample K candidates per position at temperature tau, then REINFORCE.
 
   Args:
@@ -152,55 +203,61 @@ def otr_loss(logits: Array, targets: Array, mask: Array, key: Array, num_samples
     targets: [B, T] int ground-truth tokens y*_t in [0, V).
     mask: [B, T] 1 (or True) on trained tokens.
     key: PRNG key of the candidate sampling.
-    num_samples: K, candidates per position (a static Python int >= 1).
-    tau: sampling temperature > 0 (log pi stays at temperature 1).
-    r_neg: reward of a wrong candidate, < 1 (default -0.1; the paper's value is unconfirmed).
+    num_samples: K, candidates per position (a static Python int >= 1; the paper uses 256).
+    tau: sampling temperature > 0 (log pi stays at temperature 1; the paper's value is unknown).
+    r_neg: reward of a wrong candidate (the paper's beta), < 1 (default -0.1, value unconfirmed).
+    aggregate: "token" (batch token mean) or "sequence" (the paper's per-demonstration mean).
+    sampler: "gumbel" or "inverse_cdf" (`sample_candidates`).
 
   Returns:
     (loss, metrics) as `loss_from_candidates`. Raises ValueError naming the argument on bad
-    shapes, dtypes, targets out of range or invalid K / tau / r_neg.
+    shapes, dtypes, targets out of range or invalid K / tau / r_neg / aggregate / sampler.
   """
   _check_inputs(logits, targets, mask)
   _check_hyper(num_samples, tau, r_neg)
+  validation.check_option("aggregate", aggregate, AGGREGATES)
+  validation.check_option("sampler", sampler, SAMPLERS)
   z, _ = _sanitize(logits, mask)
-  candidates = sample_candidates(key, z, int(num_samples), tau)
-  return loss_from_candidates(logits, targets, mask, candidates, r_neg)
+  candidates = sample_candidates(key, z, int(num_samples), tau, sampler)
+  return loss_from_candidates(logits, targets, mask, candidates, r_neg, aggregate)
 
 
 def expected_logit_gradient(logits: Array, targets: Array, mask: Array, tau: Any = 1.0,
-                            r_neg: Any = -0.1) -> Array:
-  """Closed form of E[d otr_loss / d logits] over the candidates, [B, T, V] (any K).
+                            r_neg: Any = -0.1, aggregate: str = "token") -> Array:
+  """Closed form of E[d otr_loss / d logits] over the candidates, [B, T, V] (any K, any sampler).
 
   Per position, -(q_tau * r) + (sum_a q_tau(a) r(a)) pi with q_tau = softmax(z / tau),
-  pi = softmax(z), r = r_neg + (1 - r_neg) onehot(y*) (module docstring), times
-  mask_t / max(sum mask, 1); zero at masked positions.
+  pi = softmax(z), r = r_neg + (1 - r_neg) onehot(y*) (module docstring), times the position's
+  weight `position_weights(mask, aggregate)`; zero at masked positions.
 
   Args:
-    logits, targets, mask, tau, r_neg: as `otr_loss`.
+    logits, targets, mask, tau, r_neg, aggregate: as `otr_loss`.
   """
   _check_inputs(logits, targets, mask)
   _check_hyper(1, tau, r_neg)
-  z, w = _sanitize(logits, mask)
+  weights = position_weights(mask, aggregate)
+  z, _ = _sanitize(logits, mask)
   q = jax.nn.softmax(z / tau, axis=-1)
   pi = jax.nn.softmax(z, axis=-1)
   onehot = jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
   r = r_neg + (1.0 - r_neg) * onehot
   g = -(q * r) + jnp.sum(q * r, axis=-1, keepdims=True) * pi
-  return g * (w / jnp.maximum(jnp.sum(w), 1.0))[..., None]
+  return g * weights.astype(g.dtype)[..., None]
 
 
 def expected_loss(logits: Array, targets: Array, mask: Array, tau: Any = 1.0,
-                  r_neg: Any = -0.1) -> Array:
-  """E[otr_loss] over the candidates: token mean of -sum_a q_tau(a) r(a) log pi(a) (scalar).
+                  r_neg: Any = -0.1, aggregate: str = "token") -> Array:
+  """E[otr_loss] over the candidates: aggregate of -sum_a q_tau(a) r(a) log pi(a) (scalar).
 
-  Its gradient is NOT `expected_logit_gradient` (that one treats q_tau as a constant, as the
-  sampled estimator does). Args as `otr_loss`.
+  Reviewer 2's closed form of the paper's Eq. (4). Its gradient is NOT `expected_logit_gradient`
+  (that one treats q_tau as a constant, as the sampled estimator does). Args as `otr_loss`.
   """
   _check_inputs(logits, targets, mask)
   _check_hyper(1, tau, r_neg)
-  z, w = _sanitize(logits, mask)
+  weights = position_weights(mask, aggregate)
+  z, _ = _sanitize(logits, mask)
   q = jax.nn.softmax(z / tau, axis=-1)
   logp = jax.nn.log_softmax(z, axis=-1)
   r = r_neg + (1.0 - r_neg) * jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
   per_token = -jnp.sum(jnp.where(q > 0, q * r * logp, 0.0), axis=-1)
-  return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return jnp.sum(per_token * weights.astype(per_token.dtype))
