@@ -186,7 +186,8 @@ def pretrain(key: Array, task: Any, config: transformer.TransformerConfig, *,
     history["class_success"].append(np.asarray(per_class))
     history["seconds"].append(time.perf_counter() - start)
     if bar is not None:
-      bar.set_postfix(loss=f"{loss:.3f}", success=f"{success:.3f}")
+      # No training loss exists before the first chunk (history keeps NaN there as "none").
+      bar.set_postfix(loss="-" if step == 0 else f"{loss:.3f}", success=f"{success:.3f}")
     if low <= success <= high:
       history["reached"] = True
       break
