@@ -222,6 +222,18 @@ def otr_loss(logits: Array, targets: Array, mask: Array, key: Array, num_samples
   return loss_from_candidates(logits, targets, mask, candidates, r_neg, aggregate)
 
 
+def _expectation_terms(logits, targets, mask, tau, r_neg, aggregate):
+  """Checked inputs of the closed forms: (position weights [B, T], sanitised logits z [B, T, V],
+  q_tau = softmax(z / tau), rewards r = r_neg + (1 - r_neg) onehot(y*) [B, T, V])."""
+  _check_inputs(logits, targets, mask)
+  _check_hyper(1, tau, r_neg)
+  weights = position_weights(mask, aggregate)
+  z, _ = _sanitize(logits, mask)
+  q = jax.nn.softmax(z / tau, axis=-1)
+  r = r_neg + (1.0 - r_neg) * jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
+  return weights, z, q, r
+
+
 def expected_logit_gradient(logits: Array, targets: Array, mask: Array, tau: Any = 1.0,
                             r_neg: Any = -0.1, aggregate: str = "token") -> Array:
   """Closed form of E[d otr_loss / d logits] over the candidates, [B, T, V] (any K, any sampler).
@@ -233,14 +245,8 @@ def expected_logit_gradient(logits: Array, targets: Array, mask: Array, tau: Any
   Args:
     logits, targets, mask, tau, r_neg, aggregate: as `otr_loss`.
   """
-  _check_inputs(logits, targets, mask)
-  _check_hyper(1, tau, r_neg)
-  weights = position_weights(mask, aggregate)
-  z, _ = _sanitize(logits, mask)
-  q = jax.nn.softmax(z / tau, axis=-1)
+  weights, z, q, r = _expectation_terms(logits, targets, mask, tau, r_neg, aggregate)
   pi = jax.nn.softmax(z, axis=-1)
-  onehot = jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
-  r = r_neg + (1.0 - r_neg) * onehot
   g = -(q * r) + jnp.sum(q * r, axis=-1, keepdims=True) * pi
   return g * weights.astype(g.dtype)[..., None]
 
@@ -252,12 +258,7 @@ def expected_loss(logits: Array, targets: Array, mask: Array, tau: Any = 1.0,
   Reviewer 2's closed form of the paper's Eq. (4). Its gradient is NOT `expected_logit_gradient`
   (that one treats q_tau as a constant, as the sampled estimator does). Args as `otr_loss`.
   """
-  _check_inputs(logits, targets, mask)
-  _check_hyper(1, tau, r_neg)
-  weights = position_weights(mask, aggregate)
-  z, _ = _sanitize(logits, mask)
-  q = jax.nn.softmax(z / tau, axis=-1)
+  weights, z, q, r = _expectation_terms(logits, targets, mask, tau, r_neg, aggregate)
   logp = jax.nn.log_softmax(z, axis=-1)
-  r = r_neg + (1.0 - r_neg) * jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
   per_token = -jnp.sum(jnp.where(q > 0, q * r * logp, 0.0), axis=-1)
   return jnp.sum(per_token * weights.astype(per_token.dtype))
