@@ -134,6 +134,21 @@ def test_closed_form_at_tau1_is_spec_formula():
                              surrogate(logits), rtol=1e-6)
 
 
+def test_tau1_expected_gradient_is_scaled_dft_reviewer1():
+  # Reviewer 1's reading of Eq. (4): at tau = 1, E[grad] = (1 - beta) x DFT's gradient, i.e.
+  # -(1 - beta) pi(y*) (e_{y*} - pi) per position; at tau != 1 the identity breaks.
+  logits, targets, mask = _inputs(seed=5)
+  r_neg, w = -0.3, np.asarray(mask / mask.sum())[..., None]
+  pi = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+  onehot = np.eye(5)[np.asarray(targets)]
+  py = np.sum(pi * onehot, -1, keepdims=True)
+  dft = -(1 - r_neg) * py * (onehot - pi) * w
+  np.testing.assert_allclose(otr.expected_logit_gradient(logits, targets, mask, 1.0, r_neg), dft,
+                             atol=1e-6)
+  hot = otr.expected_logit_gradient(logits, targets, mask, 1.5, r_neg)
+  assert np.max(np.abs(np.asarray(hot) - dft)) > 1e-2
+
+
 def test_all_masked_and_inf_padding_are_finite():
   logits, targets, _ = _inputs()
   mask = jnp.array([[1, 1, 0], [0, 0, 0]], jnp.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pgx_lab import types
+from pgx_lab.estimators import advantage_parts
 from pgx_lab.estimators import presets
 from pgx_lab.estimators import tempsamp
 
@@ -197,3 +198,65 @@ def test_anchored_and_downscale_bad_input():
     tempsamp.downscale_ground_truth(r, is_gt, fraction=1.5)
   with pytest.raises(ValueError, match="is_gt"):
     tempsamp.downscale_ground_truth(r, jnp.zeros((4, 1), bool))
+
+
+def test_gt_group_diagnostics_hand_values():
+  # group 0: on-policy 0, 0, 0 + GT 1; group 1: 0.2, 0.4, 0.6 + GT 1 (the official code's gtpo/*).
+  r = jnp.array([0.0, 0.0, 0.0, 1.0, 0.2, 0.4, 0.6, 1.0])
+  adv = jnp.array([-0.5, -0.5, -0.5, 1.5, -1.0, -0.3, 0.2, 1.1])
+  is_gt = jnp.array([0, 0, 0, 1] * 2, bool)
+  got = tempsamp.gt_group_diagnostics(r, adv, is_gt, 4)
+  sig_g = (np.std([0, 0, 0, 1.0]) + np.std([0.2, 0.4, 0.6, 1.0])) / 2     # population std
+  sig_op = (0.0 + np.std([0.2, 0.4, 0.6])) / 2
+  np.testing.assert_allclose(float(got["sigma_ratio_of_means"]), sig_g / sig_op, rtol=1e-5)
+  np.testing.assert_allclose(float(got["gt_adv_mag_mean"]), (1.5 + 1.1) / 2, rtol=1e-6)
+  flat = tempsamp.gt_group_diagnostics(jnp.full((8,), 0.3), adv, is_gt, 4)   # sigma_op = 0
+  assert float(flat["sigma_ratio_of_means"]) == 0.0 and not bool(flat["sigma_ratio_defined"])
+  assert bool(got["sigma_ratio_defined"]) and int(got["n_gt"]) == 2
+  none = tempsamp.gt_group_diagnostics(r, adv, jnp.zeros(8, bool), 4)       # no GT row
+  assert float(none["gt_adv_mag_mean"]) == 0.0 and int(none["n_gt"]) == 0
+  with pytest.raises(ValueError, match="group_size"):
+    tempsamp.gt_group_diagnostics(r, adv, is_gt, 3)
+  with pytest.raises(ValueError, match="advantages"):
+    tempsamp.gt_group_diagnostics(r, adv[:4], is_gt, 4)
+
+
+def test_format_reward_inert_under_group_zscore():
+  # the official total reward r(IoU) + 0.1 * format with format = 1 on every row: a group shift.
+  iou = jnp.array([0.0, 0.3, 0.9, 1.0, 0.0, 0.0, 0.0, 1.0])
+  gids = jnp.array([0] * 4 + [4] * 4, jnp.int32)
+  for tr in tempsamp.TRANSFORMS:
+    a = tempsamp.advantages_from_iou(iou, gids, transform=tr)
+    b = tempsamp.advantages_from_iou(iou, gids, transform=tr, format_rewards=jnp.ones(8))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_top_p_filter_follows_vllm_rule():
+  # vLLM (the official code's sampler): sort ascending, drop tokens whose cumulative probability
+  # is <= 1 - top_p, never the most likely one; the experiment samples with sampling.top_p_filter.
+  from pgx_lab.models import sampling
+  probs = np.array([0.15, 0.5, 0.05, 0.3])           # shuffled so the inverse sort is exercised
+  logits = jnp.log(jnp.asarray(probs))
+  for top_p, keep in ((0.85, [1, 1, 0, 1]), (0.6, [0, 1, 0, 1]), (0.1, [0, 1, 0, 0]),
+                      (1.0, [1, 1, 1, 1])):
+    got = np.asarray(sampling.top_p_filter(logits, top_p))
+    np.testing.assert_array_equal(np.isfinite(got), np.array(keep, bool))
+    np.testing.assert_allclose(got[np.isfinite(got)], np.log(probs)[np.array(keep, bool)],
+                               rtol=1e-6)
+
+
+def test_official_loss_at_ratio_one_is_token_mean_policy_gradient():
+  # the experiment's estimator (clip 0.2 / 0.28, dual clip 3, token mean) with old = sg(logp):
+  # gradient = -(1 / (B T)) sum_i A_i sum_t grad log pi_it, whatever the clip constants.
+  est = presets.grpo("bnpo", eps_high=0.28, dual_clip=3.0, unbiased_std=True).replace(
+      advantage=advantage_parts.precomputed())
+  logp = jnp.log(jnp.array([[0.5, 0.2], [0.1, 0.9], [0.3, 0.3]]))
+  adv = jnp.array([2.0, -5.0, 0.5])
+  gids = jnp.zeros(3, jnp.int32)
+
+  def loss(lp):
+    batch = types.SequenceBatch(mask=jnp.ones_like(lp), old_logp=jax.lax.stop_gradient(lp),
+                                group_ids=gids, advantages=adv)
+    return est(lp, batch)[0]
+  g = np.asarray(jax.grad(loss)(logp))
+  np.testing.assert_allclose(g, -np.repeat(np.asarray(adv)[:, None], 2, 1) / 6.0, rtol=1e-6)

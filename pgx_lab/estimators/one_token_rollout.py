@@ -1,17 +1,18 @@
-r"""One-token rollout (OTR; Ming, Wu, Hu, He, Yu 2025, arXiv 2509.26313): SFT data, on-policy tokens.
+r"""One-token rollout (OTR; Ming, Wu, Hu, He, Yu 2025, arXiv 2509.26313): SFT with sampled tokens.
 
 Every position t of a demonstration is a one-step episode in the state s_t = (x, y*_{<t})
 (teacher forcing). K candidate tokens are drawn from the current policy at a sampling temperature
 tau, each is rewarded against the demonstration's token y*_t, and the samples are trained on with
 REINFORCE (Williams 1992):
 
-    a_{t,k} ~ q_tau(. | s_t) = softmax(z_t / tau),        k = 1..K   (no gradient through sampling)
-    r(a)    = 1 if a == y*_t else r_neg                   (r_neg = the paper's beta < 1)
-    l_t     = -(1/K) sum_k sg[r(a_{t,k})] log pi(a_{t,k} | s_t),   pi = softmax(z_t) (temperature 1)
+    a_{t,k} ~ q_tau(. | s_t) = softmax(z_t / tau), k = 1..K  (pi' of Eq. (6); not differentiated)
+    r(a)    = 1 if a == y*_t else r_neg              (R of Eq. (4); r_neg = the paper's beta < 1)
+    l_t     = -(1/K) sum_k sg[r(a_{t,k})] log pi(a_{t,k} | s_t),  pi = softmax(z_t)   (Eq. (8))
 
 aggregated either as a token mean over the whole batch (`aggregate="token"`, this library's first
-reading) or as the paper's per-sequence mean (`aggregate="sequence"`): (1/T_b) sum_t l_t within
-each demonstration b (T_b its number of trained tokens), then the mean over demonstrations.
+reading) or as the paper's per-sequence mean (`aggregate="sequence"`, the 1/T of Eq. (1) and
+(4)): (1/T_b) sum_t l_t within each demonstration b (T_b its number of trained tokens), then the
+mean over demonstrations.
 
 Equivalently, with c_t the number of hits, l_t = -(c_t/K) log pi(y*_t)
 - (r_neg/K) sum_{k: a_{t,k} != y*_t} log pi(a_{t,k}): there is no separate SFT term (the
@@ -26,21 +27,32 @@ temperature 1, so the weights are q_tau, not pi:
 using grad_z log pi(a) = e_a - pi (at tau = 1, -pi(y*) grad log pi(y*) - r_neg sum_{a != y*}
 pi(a) grad log pi(a), spec llm_post_training.md section 8 (b)).
 
-What the paper says, and where it was read. The paper's text was not reachable with the search
-tool beyond its abstract; its method is confirmed from the four public ICLR 2026 OpenReview
-reviews of the submission (a public GitHub copy of them, found with `find_string "one-token
-rollout (OTR)"`), which quote its equations:
+What the paper says, and where it was read (re-checked 2026-11-25). Of the paper itself
+(arXiv 2509.26313v1, HTML, via the `search` tool, corpus "pages") only the abstract and the
+opening of the introduction are stored; they say: each token generation is a single-step RL
+trajectory; a Monte Carlo "rollout" samples multiple candidate tokens from the current policy's
+distribution; the demonstration's ground-truth token gives the reward signal *to these samples*
+(so y*_t is trained only when sampled, no separate SFT term); policy gradient. Summaries of the
+full text agree and add: the policy-gradient theorem collapsed to length-one trajectories, a
+sampling temperature (themoonlight.io), a second objective term penalising probability on sampled
+incorrect tokens (liner.com). No official code was found (`find_repos`, code search). Equation
+numbers and constants come only from the four public ICLR 2026 OpenReview reviews (a GitHub copy
+found with `find_string "one-token rollout (OTR)"`), which quote:
   * Eq. (1): SFT normalised by the sequence length, (1/T) sum_t (reviewer 3 remarks on it);
   * Eq. (4): the OTR objective (1/T) sum_t E_{a ~ pi'}[R(a, x_t) grad log pi(a | s_t)] with
     R = 1 for the ground-truth token and beta < 1 otherwise (reviewers 1, 2, 4), whose exact
     expectation reviewer 2 writes as pi'(x_t) log pi(x_t) + beta sum_{a != x_t} pi'(a) log pi(a);
   * Eq. (6): pi', the temperature-scaled sampling policy ("a temperature greater than 1 is used
     to encourage exploration", reviewer 3); Eq. (8): the loss, with a stop-gradient on the reward;
-  * K = 256 candidates per position in the experiments (reviewers 2, 4); beta "slightly
-    negative", and an ablation shows a small negative beta helps (reviewer 4).
-Not confirmed (no source found): the values of beta and tau. This module implements exactly that
-form; `aggregate="sequence"` is the paper's normalisation, `"token"` a legitimate variant (the
-usual token-mean of LLM trainers). Defaults K = 8, tau = 1, r_neg = -0.1 are this library's.
+  * K = 256 candidates per position (reviewers 2, 4); beta "slightly negative", an ablation shows
+    a small negative beta helps (reviewer 4). No baseline is mentioned by any source.
+Where the readings differ: reviewer 1 takes the expectation under pi itself (tau = 1) and finds
+OTR's expected gradient to be (1 - beta) times DFT's, -(1 - beta) pi(y*) (e_{y*} - pi) per
+position; that holds only at tau = 1 (at tau != 1 it is the q_tau form above, tested both ways);
+reviewer 4 calls the reward "the fraction of the K tokens that match", which is the first term's
+weight c_t/K; reviewer 3's tau > 1 is not this library's default. Still unknown: the values of
+tau (> 1) and beta (< 0). `aggregate="sequence"` is the paper's normalisation, `"token"` the usual
+token mean of LLM trainers. Defaults K = 8, tau = 1, r_neg = -0.1 are this library's.
 
 Sampling (`sampler`): "gumbel" is `jax.random.categorical` (K x V random numbers a position);
 "inverse_cdf" draws K uniforms per position and inverts the CDF of q_tau, the same distribution at
@@ -204,8 +216,10 @@ def otr_loss(logits: Array, targets: Array, mask: Array, key: Array, num_samples
     mask: [B, T] 1 (or True) on trained tokens.
     key: PRNG key of the candidate sampling.
     num_samples: K, candidates per position (a static Python int >= 1; the paper uses 256).
-    tau: sampling temperature > 0 (log pi stays at temperature 1; the paper's value is unknown).
-    r_neg: reward of a wrong candidate (the paper's beta), < 1 (default -0.1, value unconfirmed).
+    tau: sampling temperature > 0 (log pi stays at temperature 1; the paper's is > 1 per its
+      reviews, value unknown).
+    r_neg: reward of a wrong candidate (the paper's beta), < 1 (default -0.1; the paper's is
+      "slightly negative", value unknown).
     aggregate: "token" (batch token mean) or "sequence" (the paper's per-demonstration mean).
     sampler: "gumbel" or "inverse_cdf" (`sample_candidates`).
 

@@ -1,29 +1,38 @@
 """TempSamp-R1 (Li et al., NeurIPS 2025, arXiv 2509.18056): a ground-truth member in every GRPO
 group and the paper's ways to keep it from dominating the group advantage.
 
-Checked against the paper's text (sec. 3.1-3.2, eq. 1-4, sec. 4 "Implementation details"); the
-official code (HVision-NKU/TempSamp-R1) could not be read here. The paper agrees with the
-third-party re-implementation (ZhangZikun6666/TempSamp-R1) that this module first followed:
-  * group (eq. 2): G - 1 on-policy samples plus ONE off-policy solution (the ground truth), i.e.
-    the GT takes one slot of a group of G (`mode="replace"`; `mode="append"`, a (G+1)-th member,
-    is kept as the earlier reading);
-  * advantage (eq. 2): the GT reward enters the group mean and std like any rollout; the paper
-    does not say biased or unbiased std: unbiased (torch.std, the re-implementation) and eps 1e-6
-    are kept as defaults;
-  * loss (eq. 1): GRPO's clipped objective with pi_old = pi_theta, one update per sampling batch,
-    so every ratio (the GT's included) is 1 in value; no separate weight or clip on the GT row.
-    `gt_old_logp` keeps both readings for several updates per batch ("on_policy": recomputed
-    behaviour log-probs; "no_is": ratio exactly 1);
-  * soft advantage = non-linear reward shaping (eq. 4), applied to the rewards BEFORE the group
-    normalisation (not to the advantages): r~ = tau + a1 ln((r - tau) + 1) for r >= tau,
-    r~ = tau - (exp(a2 (tau - r)) - 1) / (exp(a2) - 1) for r < tau, tau = 0.8, a1 = 0.01 (here
-    `top_scale`), a2 = 1 (here `alpha`); `transform="linear"` is the identity (plain IoU).
-The paper's two other strategies (sec. 3.2, compared in its Table 4, where eq. 4 is best) are here
-too: reward downscaling (`downscale_ground_truth`: the GT reward set to 80% of the maximum) and
-advantage anchoring (`anchored_advantages`, eq. 3). The paper's format reward is 0/1; its weight
-in the total reward is not given (0.1 below is the re-implementation's). Hybrid CoT (sec. 3.3,
-Table 6) is a training schedule (an answer-only phase, then a CoT phase that adds the format
-reward); it does not change the estimator.
+Audited (session 5) against the official code. The paper's code link, github.com/HVision-NKU/
+TempSamp-R1, serves the same README as ZhangZikun6666/TempSamp-R1 (the paper's seven authors,
+"our paper", the NeurIPS citation; verl/EasyR1 based; results with Qwen3.5-4B on TimeLens-Bench,
+a later setup than the paper's Qwen2.5-VL-7B), so that repository, the one read here, is taken as
+the official code. Below, the code's choices (where the paper's eq. 1-4 speak, they agree;
+the format weight, the clip constants, top_p and the absence of KL are the code's alone):
+  * group [`RayPPOTrainer._inject_gt_rollout_in_gen_output`; eq. 2]: the GT response
+    "<answer> s to e </answer>" REPLACES slot `gt_replace_index` = -1 (the last) of every group of
+    rollout.n = 8: G - 1 samples + 1 GT (`mode="replace"`; `mode="append"`, a (G+1)-th member, is
+    an earlier reading kept as an option);
+  * advantage [`core_algos.compute_grpo_outcome_advantage`]: the GT row enters the group mean and
+    std like any rollout, std = torch.std (unbiased), (r - mean) / (std + 1e-6): the defaults here;
+  * ratio [`dp_actor.update_policy`, VERL_SKIP_OLD_LOGPROBS=1, ppo_epochs 1, one mini-batch per
+    rollout batch]: old log-probs = the first forward's log-probs, detached, for EVERY row (GT
+    included), so every ratio is exactly 1 and the gradient is A grad log pi; the clip (0.2 / 0.28,
+    dual clip 3) never binds. `gt_old_logp` keeps "on_policy" (recomputed behaviour log-probs)
+    and "no_is" (ratio 1 by construction) for several updates per batch; with one update they agree;
+  * soft advantage = reward shaping [`scripts/timelens/timelens_reward.py`, `transform_rewards`;
+    eq. 4] applied to the IoU of every row (GT included) BEFORE the group normalisation:
+    r~ = tau + a1 ln((r - tau) + 1) for r >= tau, r~ = tau - (exp(a2 (tau - r)) - 1) / (exp(a2) - 1)
+    below, tau = 0.8, a1 = 0.01 (hard-coded; `top_scale` here), a2 = 1 (`alpha`);
+    `transform="linear"` is the identity (plain IoU);
+  * total reward = r~(IoU) + 0.1 * format (1 when "<answer>" holds a parseable "X to Y"; a reversed
+    interval parses, scores IoU 0); IoU = max(0, min(e, e*) - max(s, s*)) / (max(e, e*) - min(s, s*));
+  * no KL (disable_kl, kl_coef 0), no entropy term, token-mean loss ("token" loss_avg_mode);
+    rollouts at temperature 1 with top_p 0.85 (a sampler setting: see experiments/papers/
+    tempsamp_r1.py); AdamW lr 1e-6, weight decay 0.01, grad-norm clip 1.0.
+`gt_group_diagnostics` computes two of the code's logged GT statistics (gtpo/* metrics).
+The paper's two other strategies (sec. 3.2, Table 4, where eq. 4 is best; not in the code) are
+here too: reward downscaling (`downscale_ground_truth`: the GT reward set to 80% of the maximum)
+and advantage anchoring (`anchored_advantages`, eq. 3). Hybrid CoT (sec. 3.3) is a training
+schedule and does not change the estimator; it is not in the code either.
 """
 
 from typing import Dict, Optional
@@ -90,7 +99,7 @@ def advantages_from_iou(iou: Array, group_ids: Array, *, transform: str = "soft"
   """Group-normalised advantage of the transformed reward r'(iou) + format_coef * format.
 
   The ground-truth rows are ordinary members of their group here (they enter mean and std).
-  Defaults follow the re-implementation: unbiased std (torch.std), eps 1e-6 added to the std,
+  Defaults follow the official code: unbiased std (torch.std), eps 1e-6 added to the std,
   format weight 0.1. A constant group gets advantage 0 (`advantages.group_normalized`).
 
   Args:
@@ -159,7 +168,7 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
     mode: "replace" or "append".
     slot: which slot is replaced, in [-G, G) (mode="replace" only); default the last.
     old_logp: [B, T] optional behaviour log-probs of the samples. None when old log-probs are
-      recomputed for every row after injection (as the re-implementation does); then the output
+      computed for every row after injection (as the official code does); then the output
       old_logp is None.
     gt_old_logp: [n, T] behaviour-policy log-probs of the ground truth; required with `old_logp`.
 
@@ -218,8 +227,8 @@ def inject_ground_truth(tokens: Array, mask: Array, rewards: Array, group_ids: A
 def gt_old_logp(logp: Array, old_logp: Array, is_gt: Array, gt_ratio: str = "on_policy") -> Array:
   """The old log-probs that set the ratio pi_theta / pi_old of the ground-truth rows.
 
-  "on_policy" (re-implementation reading, default; with the paper's one update per batch
-  both options give ratio 1): unchanged, the GT rows keep the recomputed
+  "on_policy" (default; with the official code's one update per batch, where old log-probs are
+  the detached current ones for every row, both options give ratio 1): unchanged, the GT rows keep the recomputed
   behaviour log-probs like any rollout. "no_is": GT rows get old_logp := sg(logp), so their ratio
   is exactly 1 in value while its gradient is grad log pi (no importance weight).
 
@@ -298,3 +307,53 @@ def anchored_advantages(rewards: Array, group_ids: Array, is_gt: Array, *, lambd
                              num_segments=rewards.shape[0])
   best = jnp.where(jnp.isfinite(best), best, 0.0)
   return jnp.where(gt & (w > 0), lambda_off * best[group_ids], a)
+
+
+def gt_group_diagnostics(rewards: Array, advantages: Array, is_gt: Array, group_size: int,
+                         floor: float = 1e-3) -> Dict[str, Array]:
+  """Two of the official code's GT-injection diagnostics (`compute_gtpo_advantage_diagnostics`
+  in verl/trainer/ray_trainer.py, logged as gtpo/*), for contiguous groups of `group_size` rows.
+
+  Per group: sigma_g = population std (unbiased=False, as the code) of all its rewards, sigma_op =
+  that of its on-policy (non-GT) rows (0 with fewer than two).
+    sigma_ratio_of_means = mean_groups sigma_g / mean_groups sigma_op, defined only when the
+      latter is at least `floor` (the code's SIGMA_FLOOR 1e-3, which it applies to its per-group
+      ratios; its ratio of means only checks > 0, which float rounding defeats when all on-policy
+      rewards of every group are equal); 0 where undefined, with sigma_ratio_defined False;
+    gt_adv_mag_mean = mean |A| over GT rows; 0 when there is none (n_gt = 0; the code logs
+      nothing then).
+  Finite input never gives NaN: undefined values are 0 and flagged.
+
+  Args:
+    rewards: [B] float total rewards as fed to the advantage (shaped IoU + format).
+    advantages: [B] float advantages of the rows.
+    is_gt: [B] bool, True on ground-truth rows.
+    group_size: G (static int >= 2) dividing B.
+    floor: smallest mean sigma_op for which the ratio is reported.
+
+  Returns:
+    dict of scalars: sigma_ratio_of_means, sigma_ratio_defined (bool), gt_adv_mag_mean, n_gt.
+  """
+  validation.check_array("rewards", rewards, ndim=1, kind="float")
+  validation.check_array("advantages", advantages, ndim=1, kind="float")
+  validation.check_shape("advantages", advantages, rewards.shape, against="rewards")
+  validation.check_array("is_gt", is_gt, ndim=1, kind="number")
+  validation.check_shape("is_gt", is_gt, rewards.shape, against="rewards")
+  if not isinstance(group_size, int) or group_size < 2 or rewards.shape[0] % group_size:
+    raise ValueError(f"`group_size` must be an int >= 2 dividing {rewards.shape[0]}, got "
+                     f"{group_size!r}.")
+  r = rewards.reshape(-1, group_size)
+  on = 1.0 - is_gt.astype(bool).reshape(r.shape).astype(r.dtype)
+  sigma_g = jnp.std(r, axis=1)
+  n_on = on.sum(1)
+  mu_on = (r * on).sum(1) / jnp.maximum(n_on, 1.0)
+  var_on = (on * (r - mu_on[:, None]) ** 2).sum(1) / jnp.maximum(n_on, 1.0)
+  sigma_op = jnp.where(n_on > 1, jnp.sqrt(var_on), 0.0)
+  mean_op = sigma_op.mean()
+  ok = mean_op >= floor
+  ratio = jnp.where(ok, sigma_g.mean() / jnp.where(ok, mean_op, 1.0), 0.0)
+  gt = is_gt.astype(bool)
+  n_gt = jnp.sum(gt)
+  mag = jnp.sum(jnp.where(gt, jnp.abs(advantages), 0.0)) / jnp.maximum(n_gt, 1)
+  return {"sigma_ratio_of_means": ratio, "sigma_ratio_defined": ok, "gt_adv_mag_mean": mag,
+          "n_gt": n_gt}
