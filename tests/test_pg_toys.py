@@ -158,3 +158,30 @@ def test_verdicts_compare_means_over_evaluation_seeds():
   assert not npg_igt.verdict(out)      # a tie with GPOMDP is not "below"
   out["final"]["nharpg"] = np.array([0.0, 0.8])
   assert harpg.verdict(out)            # 0.4 < 1.0
+
+
+def test_npg_igt_run_samples_at_the_extrapolated_point():
+  # make_run samples at igt.query_point and passes the gradient in; the transform's own grad_fn
+  # path must give the same iterates (quadratic toy: the gradient is exactly -2 (theta - 1)).
+  from pgx_lab.second_order import igt  # pylint: disable=import-outside-toplevel
+  toy, g0 = _quadratic_toy(), 0.3
+  ths = np.asarray(jax.jit(base.make_run("npg_igt", toy, 4))(g0, jax.random.PRNGKey(0)))[:, 0]
+  tx = igt.npg_igt(lambda t: igt.decaying_step(t, g0))
+  th = jnp.zeros(1)
+  state = tx.init(th)
+  for t in range(4):
+    u, state = tx.update(None, state, th, grad_fn=lambda q: 2.0 * (q - 1.0))   # loss gradient
+    th = th + u
+    np.testing.assert_allclose(ths[t], th[0], rtol=1e-5)
+
+
+def test_slope_is_nan_when_every_gap_is_exactly_zero():
+  toy = _quadratic_toy()._replace(gap=lambda thetas, key: np.zeros(thetas.shape[:-1]))
+  out = base.run_setup(toy, dict(budget=30, tune_seeds=1, eval_seeds=2, grid=(0,)), ("gpomdp",))
+  assert np.isnan(out["slopes"]["gpomdp"]) and np.all(out["final"]["gpomdp"] == 0.0)
+
+
+def test_rule_setups_exist_at_both_sizes():
+  for size in ("small", "full"):
+    assert {"lqr_batch", "cartpole_mlp"} <= set(cp.SETUPS[size])
+  assert cp.SETUPS["full"]["cartpole_mlp"][1]["eval_seeds"] >= 5

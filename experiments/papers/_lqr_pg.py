@@ -12,17 +12,16 @@ the mean over `hessian_batch` FRESH trajectories (1 and 1: the theory's one-traj
              random interpolation point (batch at t = 0, then batch + hessian_batch per iteration)
   nharpg     harpg(normalize=True)
 
-The batch sizes of the paper's experiments are in env steps in the authors' code (`run_PG.py`:
-`-batch_size` 1000 by default, 5000 in the README's CartPole command; `-hessian_batch_size` 32;
-garage collects whole episodes until it has that many steps): `_cartpole_pg` converts 5000 and 32
-steps to whole trajectories of each toy's horizon.
+Batches: `_cartpole_pg` converts the authors' env-step batches (`run_PG.py`) to trajectories.
+A toy may carry a linear state-and-time baseline, refitted to every gradient batch (garage's
+LinearFeatureBaseline, the authors' choice; `fit_baseline`, `shaped_rewards`, `Toy.baseline_dim`).
 
 Honest tuning: each method's step size (alpha, or gamma_0 of the paper schedule) takes every value
 of its grid; the value with the lowest mean final gap on the TUNING seeds is kept, and the reported
 numbers come from separate EVALUATION seeds. "Final gap" is J* - J averaged over the iterates of
 the last 10% of the trajectory budget; slopes are least-squares fits of log10(mean gap) against
-log10(trajectories) over the last decade of the budget. Each method's runs (grid x seeds) are one
-jitted lax.scan, vmapped.
+log10(trajectories) over the last decade of the budget (checkpoints where the mean gap is > 0;
+nan when fewer than two are). Each method's runs (grid x seeds) are one jitted lax.scan, vmapped.
 
 LQR toy (specs/rl_theory_offline_systems.md Sec. 1(d)): `pgx_lab.envs.lqr.harpg_toy_params`
 (s' = s + a + 0.1 w, r = -(s^2 + 0.1 a^2), H = 20, gamma = 0.99, s_0 ~ U[-1, 1]) with the Gaussian
@@ -58,17 +57,18 @@ GRIDS = {"reinforce": _UNNORM, "gpomdp": _UNNORM, "npg_igt": _NORM,
 _BATCH = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_GRIDS = {"reinforce": _BATCH, "gpomdp": _BATCH, "npg_igt": _NORM, "harpg": _BATCH,
                "nharpg": _NORM}
-SIZES = {"small": dict(budget=300, tune_seeds=2, eval_seeds=3, grid=(1, 2)),
-         "full": dict(budget=20000, tune_seeds=10, eval_seeds=20, grid=(0, 1, 2, 3, 4))}
 
 
 class Toy(NamedTuple):
   """A toy for `run_setup`.
 
   name: title for plots. theta0: [P] float32 start. gamma: discount. grids: method -> step grid.
-  sample(theta [P], key, n) -> (logp_fn, rewards [n, H], mask [n, H] or None): n trajectories at
-    theta; logp_fn(theta') -> [n, H] log-probabilities of their actions under theta'.
+  sample(theta [P], key, n) -> (logp_fn, rewards [n, H], mask [n, H] or None), plus feats
+    [n, H, baseline_dim] when baseline_dim > 0: n trajectories at theta; logp_fn(theta') -> [n, H]
+    log-probabilities of their actions under theta'; feats: baseline features of (s_h, h).
   gap(thetas [..., P] numpy, key) -> numpy [...]: J* - J(theta) (exact or Monte Carlo).
+  baseline_dim: 0 (no baseline) or F, the width of a linear baseline b(s_h, h) = feats . c whose
+    coefficients c are refitted to every gradient batch (`fit_baseline`, `shaped_rewards`).
   """
   name: str
   theta0: np.ndarray
@@ -76,19 +76,60 @@ class Toy(NamedTuple):
   grids: Dict[str, tuple]
   sample: Callable
   gap: Callable
+  baseline_dim: int = 0
+
+
+# ------------------------------------------------------------------------------------ baseline
+def shaped_rewards(rew, mask, b, gamma):
+  """r'_h = r_h - b_h + gamma b_{h+1} (b_H = 0), so that sum_{t>=h} gamma^t r'_t = RTG_h -
+  gamma^h b_h: the GPOMDP weights minus a state-and-time baseline, for any consumer of rewards
+  (`score_hessian.gpomdp_surrogate`, `score_hessian_vp`). rew, mask, b: [..., H]; b is zeroed
+  where mask is 0. Unbiased for grad J and for the Hessian estimator as long as b does not depend
+  on theta (Sutton et al. 2000; Baxter & Bartlett 2001)."""
+  b = b * mask
+  b_next = jnp.concatenate([b[..., 1:], jnp.zeros_like(b[..., :1])], -1)
+  return (rew - b + gamma * b_next) * mask
+
+
+def fit_baseline(feats, rew, mask, gamma, reg=1e-5):
+  """garage's `LinearFeatureBaseline.fit` (rlworkgroup/garage, np/baselines): ridge regression of
+  the per-step returns G_h = sum_{t>=h} gamma^{t-h} r_t (garage's `discount_cumsum`) on the
+  features, c = lstsq(X^T X + reg I, X^T G), valid steps only (garage retries with 10 reg when
+  the solve gives NaN; not needed here). feats [n, H, F], rew and mask [n, H] -> c [F]."""
+  h = rew.shape[-1]
+  ret = sh.reward_to_go(rew, gamma, mask) / gamma ** jnp.arange(h, dtype=rew.dtype)
+  x = (feats * mask[..., None]).reshape(-1, feats.shape[-1])
+  y = (ret * mask).reshape(-1)
+  a = x.T @ x + reg * jnp.eye(x.shape[-1], dtype=x.dtype)
+  return jnp.linalg.lstsq(a, x.T @ y)[0]
 
 
 # ------------------------------------------------------------------------------------ methods
-def _ascent_grad(toy, kind, th, key, n):
-  """Batch-mean REINFORCE or GPOMDP estimate of grad J at th [P] from n fresh trajectories."""
-  logp_fn, rew, mask = toy.sample(th, key, n)
+def _ascent_grad(kind, logp_fn, rew, mask, gamma, th):
+  """Batch-mean REINFORCE or GPOMDP estimate of grad J at th [P] from sampled trajectories
+  (logp_fn, rew [n, H], mask [n, H] or None). With baseline-shaped rewards REINFORCE's return is
+  sum_t gamma^t r_t - b(s_0, 0) (`shaped_rewards` telescopes), still unbiased."""
   m = jnp.ones_like(rew) if mask is None else mask
   if kind == "reinforce":
-    ret = jnp.sum(rew * m * toy.gamma ** jnp.arange(rew.shape[-1]), -1)              # [n]
+    ret = jnp.sum(rew * m * gamma ** jnp.arange(rew.shape[-1]), -1)                  # [n]
     f = lambda t: jnp.mean(jnp.sum(jnp.where(m > 0, logp_fn(t), 0.0) * m, -1) * ret)
   else:
-    f = lambda t: sh.gpomdp_surrogate(logp_fn(t), rew, toy.gamma, mask)
+    f = lambda t: sh.gpomdp_surrogate(logp_fn(t), rew, gamma, mask)
   return jax.grad(f)(th)
+
+
+def _batch(toy, th, key, n, coef):
+  """n trajectories at th: (logp_fn, rewards, mask, coef'), the rewards shaped by the baseline of
+  coefficients coef [F] and coef' refitted to this batch (garage's order: predict with the old fit,
+  fit after); rewards as sampled and coef' = coef when the toy has no baseline."""
+  out = toy.sample(th, key, n)
+  logp_fn, rew, mask = out[:3]
+  if not toy.baseline_dim:
+    return logp_fn, rew, mask, coef
+  m = jnp.ones_like(rew) if mask is None else mask
+  b = out[3] @ coef
+  return (logp_fn, shaped_rewards(rew, m, b, toy.gamma), mask,
+          fit_baseline(out[3], rew, m, toy.gamma))
 
 
 def make_run(method, toy: Toy, iters: int, batch: int = 1, hessian_batch: int = 1,
@@ -96,7 +137,10 @@ def make_run(method, toy: Toy, iters: int, batch: int = 1, hessian_batch: int = 
   """run(step, key) -> iterates [iters, P] of one training run of `method` on `toy` (jittable,
   vmappable): theta_1 .. theta_iters, i.e. after each iteration. hessian_terms: "both" (the
   unbiased B v = g <grad log p, v> + hess Phi v) or "hvp" (hess Phi v alone, a biased diagnostic:
-  the authors' code, as read, scales the first term by about -1/(steps in the Hessian batch))."""
+  the authors' code, as read, scales the first term by about -1/(steps in the Hessian batch)).
+  With a baseline (toy.baseline_dim > 0) every gradient batch is shaped by the current fit and
+  refits it; the Hessian batch of (N)-HARPG uses the current fit and does not refit (the authors'
+  `stormhess.py` closure predicts with the value function, the fit follows the step)."""
   if method not in METHODS:
     raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
   if hessian_terms not in ("both", "hvp"):
@@ -104,15 +148,19 @@ def make_run(method, toy: Toy, iters: int, batch: int = 1, hessian_batch: int = 
   for name, n in (("iters", iters), ("batch", batch), ("hessian_batch", hessian_batch)):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
       raise ValueError(f"`{name}` must be a positive int, got {n!r}.")
+  gamma = toy.gamma
 
   def run(step, key):
     th0 = jnp.asarray(toy.theta0, jnp.float32)
+    coef0 = jnp.zeros((max(toy.baseline_dim, 1),), jnp.float32)
     if method in ("reinforce", "gpomdp"):
       def body(c, k):
-        th = c + step * _ascent_grad(toy, method, c, k, batch)
-        return th, th
+        th, coef = c
+        logp_fn, rew, mask, coef = _batch(toy, th, k, batch, coef)
+        th = th + step * _ascent_grad(method, logp_fn, rew, mask, gamma, th)
+        return (th, coef), th
 
-      return jax.lax.scan(body, th0, jax.random.split(key, iters))[1]
+      return jax.lax.scan(body, (th0, coef0), jax.random.split(key, iters))[1]
     if method == "npg_igt":
       tx = igt.npg_igt(lambda t: igt.decaying_step(t, step))
     else:
@@ -125,23 +173,27 @@ def make_run(method, toy: Toy, iters: int, batch: int = 1, hessian_batch: int = 
       state = state._replace(key=k_init)
 
     def body(c, k):
-      th, s = c
+      th, s, coef = c
       k_g, k_h = jax.random.split(k)
-      neg_g = lambda q: -_ascent_grad(toy, "gpomdp", q, k_g, batch)
-      if method == "npg_igt":
-        u, s = tx.update(None, s, th, grad_fn=neg_g)
+      if method == "npg_igt":                 # the gradient is sampled at the extrapolated point
+        q = igt.query_point(s, th)
+        logp_fn, rew, mask, coef_new = _batch(toy, q, k_g, batch, coef)
+        u, s = tx.update(-_ascent_grad("gpomdp", logp_fn, rew, mask, gamma, q), s, th)
       else:
-        def hvp_fn(point, v):                 # fresh trajectories at the interpolation point
-          logp_fn, rew, mask = toy.sample(point, k_h, hessian_batch)
-          if hessian_terms == "hvp":
-            phi = lambda q: sh.gpomdp_surrogate(logp_fn(q), rew, toy.gamma, mask)
-            return -hvp_lib.hvp(phi, point, v)
-          return -sh.score_hessian_vp(logp_fn, point, v, rew, toy.gamma, mask)[1]
-        u, s = tx.update(neg_g(th), s, th, hvp_fn=hvp_fn)
-      th = th + u
-      return (th, s), th
+        logp_fn, rew, mask, coef_new = _batch(toy, th, k_g, batch, coef)
 
-    return jax.lax.scan(body, (th0, state), jax.random.split(k_run, iters))[1]
+        def hvp_fn(point, v):                 # fresh trajectories at the interpolation point
+          logp_h, rew_h, mask_h, _ = _batch(toy, point, k_h, hessian_batch, coef)
+          if hessian_terms == "hvp":
+            phi = lambda q: sh.gpomdp_surrogate(logp_h(q), rew_h, gamma, mask_h)
+            return -hvp_lib.hvp(phi, point, v)
+          return -sh.score_hessian_vp(logp_h, point, v, rew_h, gamma, mask_h)[1]
+        u, s = tx.update(-_ascent_grad("gpomdp", logp_fn, rew, mask, gamma, th), s, th,
+                         hvp_fn=hvp_fn)
+      th = th + u
+      return (th, s, coef_new), th
+
+    return jax.lax.scan(body, (th0, state, coef0), jax.random.split(k_run, iters))[1]
 
   return run
 
@@ -195,31 +247,35 @@ def run_setup(toy: Toy, cfg: Dict, methods=METHODS) -> Dict:
     out["final"][method] = final[best, cfg["tune_seeds"]:]
     out["steps"][method] = float(grid[best])
     out["grids"][method] = [float(x) for x in grid]
-    fit = checkpoints >= budget / 10
-    out["slopes"][method] = float(np.polyfit(np.log10(checkpoints[fit]),
-                                             np.log10(np.maximum(curve.mean(0)[fit], 1e-12)), 1)[0])
+    fit = (checkpoints >= budget / 10) & (curve.mean(0) > 0)   # a gap of exactly 0: no log
+    out["slopes"][method] = (float(np.polyfit(np.log10(checkpoints[fit]),
+                                              np.log10(curve.mean(0)[fit]), 1)[0])
+                             if fit.sum() >= 2 else float("nan"))
     out["seconds"][method] = time.perf_counter() - t0
   out.update(checkpoints=checkpoints, cfg=dict(cfg), toy=toy.name)
   return out
 
 
 def markdown_table(out) -> str:
-  """Per method: step grid, tuned step, final J*-J mean ± std over evaluation seeds, median,
-  fitted slope, seconds."""
+  """Per method: step grid, tuned step, final J*-J mean ± std over evaluation seeds, median, the
+  run-mean J*-J (`fmt(..., run_mean=True)`, descriptive, in no rule), fitted slope, seconds."""
   n = next(iter(out["final"].values())).size
   rows = [f"| method | step grid | chosen step | final J*-J (mean ± std, {n} eval seeds) | "
-          "median | log-log slope | seconds |", "|---|---|---|---|---|---|---|"]
+          "median | run-mean J*-J | log-log slope | seconds |", "|---|---|---|---|---|---|---|---|"]
   for m in out["final"]:
     f = out["final"][m]
     rows.append(f"| {m} | {', '.join(f'{x:g}' for x in out['grids'][m])} | {out['steps'][m]:g} | "
-                f"{f.mean():.3g} ± {f.std():.2g} | {np.median(f):.3g} | {out['slopes'][m]:.2f} | "
+                f"{f.mean():.3g} ± {f.std():.2g} | {np.median(f):.3g} | "
+                f"{fmt(out, m, run_mean=True)} | {out['slopes'][m]:.2f} | "
                 f"{out['seconds'][m]:.1f} |")
   return "\n".join(rows)
 
 
-def fmt(out, method) -> str:
-  """'mean ± std' of `method`'s final gap over evaluation seeds."""
-  f = out["final"][method]
+def fmt(out, method, run_mean=False) -> str:
+  """'mean ± std' over evaluation seeds of `method`'s final gap, or (run_mean) of its run-mean gap:
+  J* - J averaged over the log-spaced checkpoints of the whole run (the area under the gap curve
+  against log10(trajectories), normalised; it tells apart runs whose final gaps tie at 0)."""
+  f = out["curves"][method].mean(1) if run_mean else out["final"][method]
   return f"{f.mean():.3g} ± {f.std():.2g}"
 
 
