@@ -271,6 +271,18 @@ def setup_line(name, out) -> str:
           f"{c['eval_seeds']} evaluation seeds")
 
 
+def descriptive_tail(outs, names, part) -> str:
+  """The part of a claim statement outside the rule: the MLP CartPole run-mean gaps of the
+  methods in `names` ({method: display name}) and `part(label, out)` for the one-trajectory LQR
+  and the linear CartPole, where they ran."""
+  mlp = outs["cartpole_mlp"]
+  tail = ("; MLP CartPole run-mean J*-J (descriptive, not in the rule): " + ", ".join(
+      f"{names[m]} {base.fmt(mlp, m, run_mean=True)}" for m in mlp["final"]))
+  extra = [part(label, outs[s]) for s, label in (("lqr_single", "one-trajectory LQR"),
+                                                 ("cartpole", "linear CartPole")) if s in outs]
+  return tail + ("; not in the rule, " + "; ".join(extra) if extra else "")
+
+
 def tables(outs) -> str:
   """Markdown: per setup a title line and `_lqr_pg.markdown_table`, then the toys' J*."""
   parts = []

@@ -55,13 +55,7 @@ def run(size: str, workdir: str) -> Claim:
   holds = all(verdict(outs[s]) for s in _RULE_SETUPS)
   statement = "; ".join(_part(s, outs[s]) for s in _RULE_SETUPS)
   statement += " (final J*-J over eval seeds; paper batches, tuned steps)"
-  mlp = outs["cartpole_mlp"]
-  statement += ("; MLP CartPole run-mean J*-J (descriptive, not in the rule): " + ", ".join(
-      f"{_NAMES[m]} {base.fmt(mlp, m, run_mean=True)}" for m in mlp["final"]))
-  extra = [_part(label, outs[s]) for s, label in (("lqr_single", "one-trajectory LQR"),
-                                                  ("cartpole", "linear CartPole")) if s in outs]
-  if extra:
-    statement += "; not in the rule, " + "; ".join(extra)
+  statement += toys.descriptive_tail(outs, _NAMES, _part)
   for suffix, what in (("_hb", "Hessian batch = gradient batch"),
                        ("_hvp", "surrogate HVP only (biased)")):
     diag = [f"{s[:-len(suffix)]} {base.fmt(outs[s], 'nharpg')}" for s in toys.DIAGNOSTICS

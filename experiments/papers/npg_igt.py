@@ -50,12 +50,6 @@ def run(size: str, workdir: str) -> Claim:
   statement += (f" (final J*-J, eval seeds: LQR {outs['lqr_batch']['final']['npg_igt'].size}, "
                 f"MLP CartPole {outs['cartpole_mlp']['final']['npg_igt'].size}; paper batches, "
                 "tuned steps)")
-  mlp = outs["cartpole_mlp"]
-  statement += ("; MLP CartPole run-mean J*-J (descriptive, not in the rule): " + ", ".join(
-      f"{_NAMES[m]} {base.fmt(mlp, m, run_mean=True)}" for m in mlp["final"]))
-  extra = [_part(label, outs[s]) for s, label in (("lqr_single", "one-trajectory LQR"),
-                                                  ("cartpole", "linear CartPole")) if s in outs]
-  if extra:
-    statement += "; not in the rule, " + "; ".join(extra)
+  statement += toys.descriptive_tail(outs, _NAMES, _part)
   artifacts = toys.save(outs, workdir, "npg_igt_metrics.json")
   return Claim(holds=holds, statement=statement, table=toys.tables(outs), artifacts=artifacts)
