@@ -11,8 +11,20 @@ methods with everything else identical (search, token accounting, baselines, bud
     fixed before any result was seen (a conventional small-MLP Adam rate; with a 64-wide layer one
     step moves a logit by about as much as the tabular rate moves one table entry).
   - "tabular": logits theta[g, t, running sum, V], Adam 0.05 (the first version of this module).
+  - "transformer" (session 5, reported beside the other two, NOT entering `holds`): the small
+    causal transformer `pgx_lab.models.transformer` (d_model 32, 2 layers, 4 heads, GELU MLP x4)
+    reading [prompt token V + g, digits so far] (`_mcts_dpo_transformer`), the reading closest to
+    the paper's LLM. It starts from the library's random init with the output head zeroed (so it
+    starts exactly uniform, as the others), not pre-trained toward the task. Adam 1e-3, fixed
+    before any of its results was seen (a conventional Adam rate for a small transformer, the
+    rate of the repository's transformer pre-training runs, e.g. `_capo_lm`); 3 seeds (the
+    5-minute budget); rows: the judged "step_code", the older "step" and the outcome baseline,
+    no ablations; exact accuracy after every 6th iteration only (20 points + the start, each an
+    enumeration of 13 x 729 responses in one batched forward), interpolated on the token grid
+    like the others. Same task, search, budgets rule (G from its own step rows' tokens), DPO,
+    beta, filter, refresh.
 Accuracy is exact: the success probability averaged over targets (dynamic programming over sums
-for the table, enumeration of all V^T responses for the MLP).
+for the table, enumeration of all V^T responses for the MLP and the transformer).
 
 Step-level (MCTS-DPO): per iteration, `step_search` (mctx PUCT, w_exp = 1, K = 2 sampled candidate
 steps per node, depth D) runs on a batch of prompts. Node values follow the authors' code
@@ -76,13 +88,16 @@ search closest to the authors' code, above), whatever its result: it holds iff, 
 seeds, that row beats the outcome-level one on BOTH the mean accuracy over the token-budget grid
 and the accuracy at the largest common budget. The previous judged row ("step") and the
 ablations stay in the table. G for the baseline is the smallest group with at least the larger
-of the two main step rows' tokens per prompt. The tabular policy is reported in the statement and
-the table (full size only) and does not enter `holds`.
+of the two main step rows' tokens per prompt. The tabular and transformer policies are reported
+in the statement and the table (full size only) and do not enter `holds` (for the transformer:
+the rule judging on the MLP alone predates it and is unchanged; this sentence was written after
+a timing run of its rows, whose numbers are those of the full size; its learning rate, init and
+sizes were in the code before that run).
 
 Sizes: "small" runs the MLP policy for 15 iterations with the judged row and the baseline (a
-smoke test); "full" runs both policies with every row of `LABELS`. The table reports the entropy
-of the final policy's responses: 0 means it collapsed onto one response (the K candidates
-coincide, no pair is valid).
+smoke test); "full" runs the MLP and tabular policies with every row of `LABELS`, and the
+transformer with the rows of `POLICY_CFG`. The table reports the entropy of the final policy's
+responses: 0 means it collapsed onto one response (the K candidates coincide, no pair is valid).
 """
 
 import math
@@ -96,6 +111,7 @@ import optax
 
 from experiments.papers import Claim
 from experiments.papers import _mcts_dpo_policies as policies
+from experiments.papers._mcts_dpo_transformer import TransformerPolicy
 from pgx_lab import types
 from pgx_lab.estimators.preference import step_dpo
 # By name: `pgx_lab.rollout.step_search` as a package attribute is the function, not the module.
@@ -106,15 +122,19 @@ SIZES = {
     "small": dict(seeds=2, iterations=15, prompts=8, simulations=8, policies=("mlp",),
                   steps=("step_code",), ablations=()),
     "full": dict(seeds=5, iterations=120, prompts=32, simulations=14,
-                 policies=("mlp", "tabular"), steps=("step", "step_code"),
+                 policies=("mlp", "tabular", "transformer"), steps=("step", "step_code"),
                  ablations=("step_nofilter", "step_plain", "step_all", "step_mctx")),
 }
 JUDGED = "step_code"  # the step-level row that decides `holds` (module docstring)
 TASK = dict(digits=3, num_steps=3, step_len=2, candidates=2)
 # reward_alpha = 2/3: with `_mcts_dpo_policies.step_model` it gives the code's node values / 3.
 HPARAMS = dict(beta=0.1, refresh_every=8, reward_alpha=2.0 / 3.0)
-LEARNING_RATES = {"tabular": 0.05, "mlp": 3e-3}
-POLICIES = {"tabular": policies.TabularPolicy, "mlp": policies.MLPPolicy}
+LEARNING_RATES = {"tabular": 0.05, "mlp": 3e-3, "transformer": 1e-3}
+POLICIES = {"tabular": policies.TabularPolicy, "mlp": policies.MLPPolicy,
+            "transformer": TransformerPolicy}
+# Per-policy changes to SIZES (the transformer: fewer seeds and rows, module docstring).
+POLICY_CFG = {"transformer": dict(seeds=3, steps=("step", "step_code"), ablations=())}
+EVAL_EVERY = {"transformer": 6}  # exact accuracy after every 6th iteration only
 
 
 def _dpo_update(policy, opt, hp, theta, ref, opt_state, tokens_w, tokens_l, mask_w, mask_l,
@@ -135,9 +155,11 @@ def _dpo_update(policy, opt, hp, theta, ref, opt_state, tokens_w, tokens_l, mask
 
 def _train(task, policy_name, method, cfg, group, key):
   """One seed's run of `method` ("outcome" or a "step*" variant; `group` G for "outcome") with
-  the policy `policy_name` ("mlp" or "tabular") on the `policies.Task` `task`; `key` PRNG key.
+  the policy `policy_name` ("mlp", "tabular" or "transformer") on the `policies.Task` `task`;
+  `key` PRNG key.
 
-  Returns (exact accuracy after each iteration [I], cumulative sampled tokens [I+1] (index 0: the
+  Returns (exact accuracy after each iteration [I] (after every EVAL_EVERY-th one for the
+  transformer, [I / EVAL_EVERY]), cumulative sampled tokens [I+1] (index 0: the
   start), (valid pairs [I], mean applied label smoothing [I]), entropy (nats) of the final
   policy's responses); the start's accuracy comes from `policies.initial_accuracy`.
   """
@@ -224,11 +246,23 @@ def _train(task, policy_name, method, cfg, group, key):
     ref = step_dpo.refresh_reference(theta_new, ref, step, hp["refresh_every"])
     tokens = tokens + used
     carry = (theta_new, ref, opt_state, table, tokens, step)
+    if every > 1:  # accuracy after the block instead (below)
+      return carry, (tokens, (n_pairs, smoothing))
     return carry, (policy.accuracy(theta_new), tokens, (n_pairs, smoothing))
 
   carry = (theta, theta, opt.init(theta), table, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-  final, (acc, tokens, n_pairs) = jax.lax.scan(iteration, carry,
-                                               jax.random.split(key, cfg["iterations"]))
+  keys = jax.random.split(key, cfg["iterations"])
+  every = EVAL_EVERY.get(policy_name, 1)
+  if every > 1:  # the same iterations, exact accuracy after every `every`-th one only
+
+    def block(carry, block_keys):
+      carry, out = jax.lax.scan(iteration, carry, block_keys)
+      return carry, (policy.accuracy(carry[0]), out)
+    final, (acc, (tokens, n_pairs)) = jax.lax.scan(
+        block, carry, keys.reshape((-1, every) + keys.shape[1:]))
+    tokens, n_pairs = jax.tree_util.tree_map(lambda x: x.reshape(-1), (tokens, n_pairs))
+  else:
+    final, (acc, tokens, n_pairs) = jax.lax.scan(iteration, carry, keys)
   return (acc, jnp.concatenate([jnp.zeros((1,), jnp.int32), tokens]),
           n_pairs, policy.response_entropy(final[0]))
 
@@ -240,10 +274,12 @@ def _run_method(task, policy_name, method, cfg, group, seed_base):
   acc, tokens, (pairs, smoothing), entropy = fn(keys)
   init = policies.initial_accuracy(POLICIES[policy_name](task), keys)
   acc = jnp.concatenate([init[:, None], acc], axis=1)
+  tokens = tokens[:, ::EVAL_EVERY.get(policy_name, 1)]  # the budgets where accuracy was taken
   return tuple(np.asarray(x) for x in (acc, tokens, pairs, smoothing, entropy))
 
 
-POLICY_LABELS = {"mlp": "MLP policy (shared parameters)", "tabular": "tabular policy"}
+POLICY_LABELS = {"mlp": "MLP policy (shared parameters)", "tabular": "tabular policy",
+                 "transformer": "causal transformer policy (not judged)"}
 LABELS = {
     "step": "step-level, MCTS-DPO (path pairs, conservative)",
     "outcome": "outcome-level DPO (best vs worst of G)",
@@ -279,17 +315,18 @@ def run(size: str, workdir: str) -> Claim:
   out = {}
   seed_base = {"step": 0, "outcome": 1, "step_code": 6}
   for pol in cfg["policies"]:
-    steps = {m: _run_method(task, pol, m, cfg, 0, seed_base[m]) for m in cfg["steps"]}
+    pcfg = {**cfg, **POLICY_CFG.get(pol, {})}
+    steps = {m: _run_method(task, pol, m, pcfg, 0, seed_base[m]) for m in pcfg["steps"]}
     per_prompt = max(r[1][:, -1].mean() for r in steps.values()) / (cfg["iterations"]
                                                                     * cfg["prompts"])
     group = max(2, math.ceil(per_prompt / task.t))
     res = {m: steps[m] for m in ("step",) if m in steps}
-    res["outcome"] = _run_method(task, pol, "outcome", cfg, group, 1)
-    for i, name in enumerate(cfg["ablations"]):
-      res[name] = _run_method(task, pol, name, cfg, 0, 2 + i)
+    res["outcome"] = _run_method(task, pol, "outcome", pcfg, group, 1)
+    for i, name in enumerate(pcfg["ablations"]):
+      res[name] = _run_method(task, pol, name, pcfg, 0, 2 + i)
     res[JUDGED] = steps[JUDGED]
     budgets, curves = _curves(res)
-    out[pol] = dict(res=res, group=group, budgets=budgets, curves=curves,
+    out[pol] = dict(res=res, group=group, budgets=budgets, curves=curves, seeds=pcfg["seeds"],
                     auc={k: c.mean(1) for k, c in curves.items()},
                     end={k: c[:, -1] for k, c in curves.items()})
   mlp = out["mlp"]
@@ -309,50 +346,59 @@ def run(size: str, workdir: str) -> Claim:
       rows.append(f"| {label} | {tok[:, -1].mean() / cfg['iterations']:.0f} | "
                   f"{pairs.mean():.1f} | {eps.mean():.2f} | {ms(ent)} | {acc[:, 0].mean():.3f} | "
                   f"{ms(o['curves'][k][:, half])} | {ms(o['end'][k])} | {ms(o['auc'][k])} |")
+    if pol in POLICY_CFG:
+      rows.append(f"\n{o['seeds']} seeds; exact accuracy after every "
+                  f"{EVAL_EVERY.get(pol, 1)}th iteration, interpolated on the token grid; "
+                  "not part of `holds`.")
     rows.append("")
-  rows.append(f"{n} seeds (mean ± std over seeds), {cfg['iterations']} iterations x "
-              f"{cfg['prompts']} prompts, {cfg['simulations']} simulations (judged row: + "
-              f"{math.ceil(cfg['simulations'] / 4)} re-rooted at each later depth), K={task.c}; "
-              f"task: "
+  rows.append(f"{n} seeds unless stated (mean ± std over seeds), {cfg['iterations']} "
+              f"iterations x {cfg['prompts']} prompts, {cfg['simulations']} simulations (judged "
+              f"row: + {math.ceil(cfg['simulations'] / 4)} re-rooted at each later depth), "
+              f"K={task.c}; task: "
               f"{task.d} steps x {task.k} digits in 0..{task.v - 1}, {task.s + 1} targets; "
               "accuracy is exact, interpolated at common token budgets (per policy); "
               "response entropy: in nats, of the final policy's responses, mean over targets "
               f"({task.t * math.log(task.v):.2f} uniform, 0 = one deterministic response); "
               f"`holds` is judged on the MLP policy; wall {time.time() - t0:.0f} s.")
   table = "\n".join(rows)
-  path = _plot(out, workdir, n)
+  path = _plot(out, workdir)
   parts = []
-  for pol in ("mlp", "tabular"):
+  for pol in ("mlp", "tabular", "transformer"):
     if pol not in out:
       parts.append(f"{pol} policy: not run at size {size}")
       continue
     o = out[pol]
     parts.append(f"{pol} policy: step {ms(o['auc'][JUDGED])} vs outcome "
                  f"{ms(o['auc']['outcome'])} (at {int(o['budgets'][-1])} tokens "
-                 f"{ms(o['end'][JUDGED])} vs {ms(o['end']['outcome'])})")
+                 f"{ms(o['end'][JUDGED])} vs {ms(o['end']['outcome'])}"
+                 + (f", {o['seeds']} seeds)" if o["seeds"] != n else ")"))
   statement = ("mean accuracy over token budgets, step-level MCTS pairs (authors' search) vs "
                "outcome-level pairs; " + "; ".join(parts)
                + f" ({n} seeds; judged on the mlp policy)")
   return Claim(holds=holds, statement=statement, table=table, artifacts=(path,))
 
 
-def _plot(out, workdir, n):
+def _plot(out, workdir):
   """Accuracy against sampled tokens, one panel per policy; returns the PNG path in `workdir`."""
   os.makedirs(workdir, exist_ok=True)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(out), figsize=(7 * len(out), 4.5), squeeze=False)
+  fig, axes = plt.subplots(1, len(out), figsize=(6 * len(out), 5), squeeze=False)
+  colors = {k: f"C{i}" for i, k in enumerate(LABELS)}  # one colour per method in every panel
   for ax, (pol, o) in zip(axes[0], out.items()):
     b = o["budgets"]
     for k, c in o["curves"].items():
       dashed = k.startswith("step_") and k != JUDGED
-      ax.plot(b, c.mean(0), label=LABELS[k], ls="--" if dashed else "-")
-      ax.fill_between(b, c.mean(0) - c.std(0), c.mean(0) + c.std(0), alpha=0.2)
+      short = LABELS[k].split(" (")[0] + (" [judged]" if k == JUDGED else "")
+      ax.plot(b, c.mean(0), label=short, ls="--" if dashed else "-", color=colors[k])
+      ax.fill_between(b, c.mean(0) - c.std(0), c.mean(0) + c.std(0), alpha=0.2,
+                      color=colors[k])
     ax.set_xlabel("sampled tokens per seed (search expansions included)")
     ax.set_ylabel("exact accuracy")
-    ax.set_title(f"MCTS-DPO, chain of digits, {POLICY_LABELS[pol]} ({n} seeds)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{POLICY_LABELS[pol]} ({o['seeds']} seeds)")
+    ax.legend(fontsize=7, loc="upper left")
+  fig.suptitle("MCTS-DPO, chain of digits: exact accuracy against sampled tokens")
   path = os.path.join(workdir, "mcts_dpo_accuracy.png")
   fig.tight_layout()
   fig.savefig(path)
