@@ -1,14 +1,20 @@
 """The hpt paper module's toy: exact success against an independent log-prob path and against
-sampling, the held-out split, and the paper-epoch training set."""
+sampling, the held-out split, the paper-epoch training set, and the SFT->GRPO two-stage schedule
+against the single-method losses on the same batch."""
+
+import functools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from experiments.papers import _hpt_toy as toy
 from pgx_lab.envs.token_tasks import vocab
 from pgx_lab.models import sampling
 from pgx_lab.models import transformer
+from pgx_lab.rollout import sequences
 
 
 def _setup(n=6, seed=0):
@@ -67,3 +73,61 @@ def test_held_out_split_is_a_fixed_fifth_and_disjoint_from_training():
 def test_train_set_size_keeps_the_papers_epochs():
   assert toy.train_set_size(300, 16) == 3450           # 300 * 16 * 46000 / 64000
   assert toy.train_set_size(500, 128) == 46_000
+
+
+_GRAD = jax.jit(jax.grad(toy.method_loss, has_aux=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _batch(n=4, seed=5):
+  """One batch of rollouts whose rewards are set so that two prompts are partly solved (GRPO has
+  signal there) and two fail entirely (HPT's SFT side)."""
+  params, prompts, demo = _setup(n=n, seed=seed)
+  sample = jax.jit(sequences.sample_groups, static_argnums=(2, 3, 5))
+  batch, extras = sample(jax.random.PRNGKey(seed + 2), params, toy.MODEL, toy.TASK, prompts,
+                         toy.GROUP)
+  solved = np.zeros((n, toy.GROUP), np.float32)
+  solved[0, :3], solved[1, 1] = 1.0, 1.0
+  batch = batch.replace(rewards=jnp.asarray(solved.reshape(-1)))
+  return params, batch, extras["attention_mask"], prompts, demo
+
+
+def _grads(method, step, split):
+  """Flat gradient of `toy.method_loss` (one compiled function) on `_batch()`, and metrics."""
+  g, m = _GRAD(*_batch(), jnp.int32(method), jnp.int32(step), jnp.int32(split))
+  return jax.flatten_util.ravel_pytree(g)[0], m
+
+
+def test_two_stage_is_exactly_sft_before_the_split_and_grpo_after_it():
+  grpo, m_grpo = _grads(0, 7, 0)
+  sft, m_sft = _grads(1, 7, 0)
+  hpt, _ = _grads(2, 7, 0)
+  split = toy.two_stage_split(4, 5)
+  assert split == 10 and toy.two_stage_split(12, 25) == 150  # SFT_SHARE = 0.5: half the updates
+  for t in (0, 9):
+    g, m = _grads(3, t, split)
+    np.testing.assert_array_equal(g, sft)
+    assert float(m["sft_fraction"]) == 1.0
+  for t in (10, 19):
+    g, m = _grads(3, t, split)
+    np.testing.assert_array_equal(g, grpo)
+    assert float(m["sft_fraction"]) == 0.0
+  # The three single-method gradients are distinct and non-zero, so the checks above can fail.
+  for a, b in ((sft, grpo), (sft, hpt), (grpo, hpt)):
+    assert float(jnp.linalg.norm(a - b)) > 1e-3 * float(jnp.linalg.norm(a) + jnp.linalg.norm(b))
+  assert float(jnp.linalg.norm(grpo)) > 0 and float(m_sft["sft_fraction"]) == 1.0
+  assert float(m_grpo["sft_fraction"]) == 0.0
+
+
+def test_stage_reset_gives_a_fresh_optimizer_only_at_the_switch_of_the_two_stage_run():
+  params = transformer.init_params(jax.random.PRNGKey(0), toy.MODEL)
+  opt = optax.adam(1e-3)
+  init = opt.init(params)
+  g = jax.tree.map(jnp.ones_like, params)
+  _, used = opt.update(g, init, params)                       # count 1, non-zero moments
+  leaves = lambda s: jax.tree.leaves(s)
+  for method, step in ((3, 10), (3, 9), (3, 11), (1, 10), (0, 10), (2, 10)):
+    out = toy.stage_reset(used, init, method, step, 10)
+    want = init if (method, step) == (3, 10) else used
+    for x, y in zip(leaves(out), leaves(want)):
+      np.testing.assert_array_equal(x, y)

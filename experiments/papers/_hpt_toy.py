@@ -3,8 +3,10 @@ exact evaluation and the one training program that both set-ups share.
 
 Task and model (spec llm_post_training.md section 5 (d)): a 50/50 mixture of "copy" (1-4 digits,
 classes 0-3) and "reverse" (3-4 digits, classes 4-5); the small causal transformer (d_model 32,
-2 layers). Methods: GRPO, SFT, HPT, all as `estimators.hybrid.hpt_loss` with per-prompt weights
-(alpha, beta) = (1, 0), (0, 1) or the switch (gate 0).
+2 layers). Methods: GRPO, SFT, HPT and the two-stage baseline SFT->GRPO, all as
+`estimators.hybrid.hpt_loss` with per-prompt weights (alpha, beta) = (1, 0), (0, 1), the switch
+(gate 0), or for SFT->GRPO the step schedule (0, 1) for steps t < split, (1, 0) from the split on
+(`weights_fn`), with the Adam state reset to its initial value at the split (`stage_reset`).
 
 The training program reads each step's prompts from a prompt TABLE through an index SCHEDULE, so
 the two set-ups are the same compiled program with different arrays:
@@ -33,8 +35,12 @@ from pgx_lab.models import sampling
 from pgx_lab.models import transformer
 from pgx_lab.rollout import sequences
 
-METHODS = ("GRPO", "SFT", "HPT")
+METHODS = ("GRPO", "SFT", "HPT", "SFT->GRPO")
 GROUP, LR, GATE, SFT_COEF, BAND = 8, 1e-3, 0, 1.0, (0.2, 0.6)
+# SFT->GRPO: the share of the update budget spent on SFT. Neither the paper's text reachable here
+# nor its code (the repository only prepares the SFT data, data/prepare_sft.py for OpenRLHF) gives
+# the split of its SFT->GRPO baseline, so this is our reading: half the updates each.
+SFT_SHARE = 0.5
 
 # The paper's set-up (TsinghuaC3I/Unify-Post-Training exp_scripts/train.sh, data/prepare_train.py):
 # 46k prompts of OpenR1-Math-46k, each with one demonstration; 500 steps x 128 prompts.
@@ -96,48 +102,87 @@ def evaluate(params, eval_set, temperature, top_p):
   return (p @ onehot) / count, ((1.0 - (1.0 - p) ** PASS_K) @ onehot) / count
 
 
-def weights_fn(method):
-  """HPT's (alpha, beta) as a function of the solve rate P for a traced method index."""
+def two_stage_split(chunks, eval_every):
+  """The first GRPO update of SFT->GRPO in a run of `chunks` x `eval_every` updates (ints):
+  round(SFT_SHARE x chunks) x eval_every, on an evaluation boundary (so the evaluation there
+  scores the end of the SFT stage); updates t < split are SFT, t >= split GRPO."""
+  return int(round(SFT_SHARE * chunks)) * eval_every
+
+
+def weights_fn(method, step=0, split=0):
+  """(alpha, beta) as a function of the solve rate P [G] for a traced method index `method`
+  (0 GRPO, 1 SFT, 2 HPT, 3 SFT->GRPO), at update `step` (traced int scalar) of a two-stage run
+  that switches to GRPO at update `split` (int scalar). No Python branch: one compiled program."""
   def fn(p):
     switch = (p > GATE / GROUP).astype(jnp.float32)        # solved > gate
-    alpha = jnp.select([method == 0, method == 1], [jnp.ones_like(p), jnp.zeros_like(p)], switch)
+    stage = jnp.where(step < split, 0.0, 1.0) * jnp.ones_like(p)
+    alpha = jnp.select([method == 0, method == 1, method == 3],
+                       [jnp.ones_like(p), jnp.zeros_like(p), stage], switch)
     return alpha, 1.0 - alpha
   return fn
 
 
+def method_loss(params, batch, attn, prompts, demo, method, step=0, split=0):
+  """The loss every method trains on: `hybrid.hpt_loss` with `weights_fn(method, step, split)`.
+
+  Args:
+    params: transformer params.
+    batch: `SequenceBatch` of the sampled rollouts (tokens [B, P + L], mask [B, L], rewards [B],
+      group_ids [B], old_logp [B, L]).
+    attn: [B, P + L] attention mask of the rollouts.
+    prompts: `Prompts` of the G prompts; demo: [G, L + 1] their demonstrations.
+    method, step, split: as in `weights_fn`.
+
+  Returns:
+    (loss, metrics) of `hybrid.hpt_loss`.
+  """
+  logp, _ = sequences.response_logp(params, MODEL, batch.tokens,
+                                    batch.tokens.shape[1] - batch.mask.shape[1], attn)
+  d_logp, d_mask = demo_logp(params, prompts, demo)
+  return hybrid.hpt_loss(logp, batch, d_logp, d_mask, gate=GATE, sft_loss_coef=SFT_COEF,
+                         mode=weights_fn(method, step, split))
+
+
+def stage_reset(opt_state, init_state, method, step, split):
+  """SFT->GRPO's second stage starts a fresh optimizer, as a separate RL run from the SFT
+  checkpoint would: returns `init_state` where method == 3 and step == split, else `opt_state`
+  (pytrees of the same structure; method, step traced ints). `train` applies it before the
+  chunk of updates that starts at `step`."""
+  fresh = (method == 3) & (step == split)
+  return jax.tree.map(lambda s, s0: jnp.where(fresh, s0, s), opt_state, init_state)
+
+
 def train(method, params, key, table, schedule, eval_set, temperature, top_p, eval_every):
-  """One run of method index `method` (traced) from `params`, reading step t's prompts as
-  `table[schedule[t]]` (table: `Prompts` of R rows; schedule: [chunks, eval_every, prompts] int).
+  """One run of method index `method` (traced; `weights_fn`) from `params`, reading step t's
+  prompts as `table[schedule[t]]` (table: `Prompts` of R rows; schedule: [chunks, eval_every,
+  prompts] int). SFT->GRPO switches at update `two_stage_split(chunks, eval_every)`.
   Returns per-class success and pass@k [chunks + 1, C] each (at steps 0, eval_every, ...) and the
   mean share of prompts on SFT per chunk [chunks]."""
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LR))
-  mode = weights_fn(method)
-
-  def loss_fn(p, batch, attn, prompts, demo):
-    logp, _ = sequences.response_logp(p, MODEL, batch.tokens,
-                                      batch.tokens.shape[1] - batch.mask.shape[1], attn)
-    d_logp, d_mask = demo_logp(p, prompts, demo)
-    return hybrid.hpt_loss(logp, batch, d_logp, d_mask, gate=GATE, sft_loss_coef=SFT_COEF,
-                           mode=mode)
+  n_chunks = schedule.shape[0]
+  split = two_stage_split(n_chunks, eval_every)
+  init_state = opt.init(params)
 
   def step(carry, xs):
-    (p, opt_state), (k, idx) = carry, xs
+    (p, opt_state), (k, idx, t) = carry, xs
     _, ks = jax.random.split(k)          # the first key sampled the prompts in the first version
     prompts = jax.tree.map(lambda x: x[idx], table)
     batch, extras = sequences.sample_groups(ks, p, MODEL, TASK, prompts, GROUP, temperature=1.0)
-    grads, m = jax.grad(loss_fn, has_aux=True)(p, batch, extras["attention_mask"], prompts,
-                                               TASK.demonstration(prompts))
+    grads, m = jax.grad(method_loss, has_aux=True)(p, batch, extras["attention_mask"], prompts,
+                                                   TASK.demonstration(prompts), method, t, split)
     updates, opt_state = opt.update(grads, opt_state, p)
     return (optax.apply_updates(p, updates), opt_state), m["sft_fraction"]
 
   def chunk(carry, xs):
-    k, idx = xs
-    carry, frac = jax.lax.scan(step, carry, (jax.random.split(k, eval_every), idx))
+    k, idx, c = xs
+    carry = (carry[0], stage_reset(carry[1], init_state, method, c * eval_every, split))
+    carry, frac = jax.lax.scan(step, carry, (jax.random.split(k, eval_every), idx,
+                                             c * eval_every + jnp.arange(eval_every)))
     return carry, (evaluate(carry[0], eval_set, temperature, top_p), jnp.mean(frac))
 
-  n_chunks = schedule.shape[0]
-  _, ((acc, pk), frac) = jax.lax.scan(chunk, (params, opt.init(params)),
-                                      (jax.random.split(key, n_chunks), schedule))
+  _, ((acc, pk), frac) = jax.lax.scan(chunk, (params, init_state),
+                                      (jax.random.split(key, n_chunks), schedule,
+                                       jnp.arange(n_chunks)))
   acc0, pk0 = evaluate(params, eval_set, temperature, top_p)
   return jnp.concatenate([acc0[None], acc]), jnp.concatenate([pk0[None], pk]), frac
 
