@@ -208,7 +208,7 @@ def initial_accuracy(policy, keys):
 def step_model(task: Task, policy) -> StepModel:
   """The `StepModel` for `step_search`; its params are (policy params, (successes, counts)).
 
-  Use it with `reward_alpha` = 2/3 (mcts_dpo.HPARAMS) to get the authors' node values mapped
+  Use it with `reward_alpha` = 2/3 (_mcts_dpo_train.HPARAMS) to get the authors' node values mapped
   into [0, 1] (module docstring).
   """
 
